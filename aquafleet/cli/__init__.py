@@ -1,0 +1,5 @@
+"""The `aquafleet` command line."""
+
+from aquafleet.cli.main import main, run
+
+__all__ = ["main", "run"]

@@ -1,0 +1,31 @@
+"""The equipment ledger (policy 3.4.3): sites and the machines installed at them.
+
+`read_ledger_csv` validates a production ledger file as a whole; `LedgerRepository` upserts it and
+reads it back.
+"""
+
+from aquafleet.ledger.csv_file import COLUMNS, read_ledger_csv
+from aquafleet.ledger.models import (
+    DEVICE_ID_PATTERN,
+    REPLACEABLE_PARTS,
+    Device,
+    DeviceClass,
+    DeviceStatus,
+    Site,
+    SiteKind,
+)
+from aquafleet.ledger.repository import ImportSummary, LedgerRepository
+
+__all__ = [
+    "COLUMNS",
+    "DEVICE_ID_PATTERN",
+    "REPLACEABLE_PARTS",
+    "Device",
+    "DeviceClass",
+    "DeviceStatus",
+    "ImportSummary",
+    "LedgerRepository",
+    "Site",
+    "SiteKind",
+    "read_ledger_csv",
+]
