@@ -127,6 +127,11 @@ class MosquittoBroker:
         return f"mqtt://{self.host}:{self.port}"
 
     @property
+    def persistence_file(self) -> Path:
+        """Where the broker saves its state; its mtime tells when it last did."""
+        return self.data_dir / "mosquitto.db"
+
+    @property
     def pid(self) -> int | None:
         return self._process.pid if self.is_running() and self._process else None
 
@@ -161,7 +166,9 @@ class MosquittoBroker:
             f"allow_anonymous {'true' if self.allow_anonymous else 'false'}",
             "persistence true",
             f"persistence_location {self.data_dir}/",
-            # Save often, so that a kill() loses at most a second of state.
+            # Save often, so that a kill() loses little state. Mosquitto
+            # saves when more than this many whole seconds have passed, so in
+            # practice every 2 s (see persistence_file).
             "autosave_interval 1",
             # Queue without limit for offline persistent sessions, so tests of
             # catching up after a disconnect are not cut by the default 1000.
@@ -191,7 +198,7 @@ class MosquittoBroker:
         for attempt in range(1, _START_ATTEMPTS + 1):
             log_size = self.log_file.stat().st_size if self.log_file.exists() else 0
             self._spawn()
-            if self._wait_ready():
+            if self._wait_ready(log_size):
                 return
             self._reap()
             new_log = self._read_log_from(log_size)
@@ -249,11 +256,17 @@ class MosquittoBroker:
                 cwd=self.base_dir,
             )
 
-    def _wait_ready(self) -> bool:
+    def _wait_ready(self, log_offset: int) -> bool:
+        # A connection alone could reach another process that holds the port
+        # while our broker fails to bind it; "running" is logged only once
+        # the broker's own listeners are open.
         deadline = time.monotonic() + _START_TIMEOUT
         while time.monotonic() < deadline:
             if not self.is_running():
                 return False
+            if " running" not in self._read_log_from(log_offset):
+                time.sleep(0.02)
+                continue
             try:
                 with socket.create_connection((self.host, self.port), timeout=0.5):
                     return True

@@ -44,7 +44,8 @@ def test_create_hypertable(database_url: str) -> None:
     with psycopg.connect(database_url, autocommit=True) as conn:
         conn.execute("CREATE EXTENSION timescaledb")
         conn.execute(
-            "CREATE TABLE readings (time timestamptz NOT NULL, device text, litres double precision)"
+            "CREATE TABLE readings"
+            " (time timestamptz NOT NULL, device text, litres double precision)"
         )
         conn.execute("SELECT create_hypertable('readings', by_range('time', INTERVAL '1 day'))")
         conn.execute(
@@ -63,7 +64,9 @@ def test_each_test_gets_an_empty_database(database_url: str) -> None:
             " WHERE n.nspname = 'public'"
         ).fetchone()
         assert row == (0,)
-        row = conn.execute("SELECT count(*) FROM pg_extension WHERE extname = 'timescaledb'").fetchone()
+        row = conn.execute(
+            "SELECT count(*) FROM pg_extension WHERE extname = 'timescaledb'"
+        ).fetchone()
         assert row == (0,)
 
 
@@ -218,13 +221,24 @@ def test_retained_message_survives_stop_and_start(make_mqtt_broker: MakeMqttBrok
     assert message.qos == 1
 
 
+def saved_since(path: Path, since: float) -> bool:
+    try:
+        return path.stat().st_mtime > since
+    except FileNotFoundError:
+        return False
+
+
 @pytest.mark.slow
 def test_retained_message_survives_kill_after_autosave(make_mqtt_broker: MakeMqttBroker) -> None:
     broker = make_mqtt_broker()
     name = topic()
     publish_retained(broker, name, b"autosaved")
-    # autosave_interval is 1 s: after 2 s the message is on disk.
-    time.sleep(2.0)
+    # The PUBACK came: any save from now on holds the message.
+    published_at = time.time()
+    deadline = time.monotonic() + TIMEOUT
+    while not saved_since(broker.persistence_file, published_at):
+        assert time.monotonic() < deadline, "no autosave"
+        time.sleep(0.1)
     broker.kill()
     broker.start()
     assert receive_retained(broker, name).payload == b"autosaved"
