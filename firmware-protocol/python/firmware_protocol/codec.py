@@ -216,27 +216,37 @@ def _config(c: _JsonObj) -> Config:
     return Config(version=_int(c["version"]), **kw)
 
 
-def _stage_usage(s: _JsonObj) -> StageUsage:
-    slot = s["slot"]
-    return StageUsage(
-        slot if slot.__class__ is int else int(slot), s["litres_used"], s["days_in_service"]
-    )
+# Telemetry is most of the traffic, so its model is filled through the slot
+# descriptors: a frozen dataclass __init__ goes through object.__setattr__ per
+# field, which costs about 0.6 us of the roughly 10 us a message takes. The
+# result is the same object __init__ would build (tests compare them).
+_new_object = object.__new__
+_set_device_id = getattr(Telemetry, "device_id").__set__  # noqa: B009
+_set_boot = getattr(Telemetry, "boot").__set__  # noqa: B009
+_set_seq = getattr(Telemetry, "seq").__set__  # noqa: B009
+_set_ts = getattr(Telemetry, "ts").__set__  # noqa: B009
+_set_metrics = getattr(Telemetry, "metrics").__set__  # noqa: B009
+_set_stages = getattr(Telemetry, "stages").__set__  # noqa: B009
+_set_hist = getattr(Telemetry, "hist").__set__  # noqa: B009
 
 
 def _build_telemetry(o: _JsonObj, device_id: str, ts: int) -> Telemetry:
-    # The hot path: integer normalisation is inlined rather than calling _int.
-    boot = o["boot"]
-    seq = o["seq"]
+    # int() because JSON Schema counts 5.0 as an integer and the models promise int.
     stages = o.get("stages")
-    return Telemetry(
-        device_id=device_id,
-        boot=boot if boot.__class__ is int else int(boot),
-        seq=seq if seq.__class__ is int else int(seq),
-        ts=ts,
-        metrics=_metrics(o["metrics"]),
-        stages=tuple(map(_stage_usage, stages)) if stages else (),
-        hist=o.get("hist") is True,
+    msg: Telemetry = _new_object(Telemetry)
+    _set_device_id(msg, device_id)
+    _set_boot(msg, int(o["boot"]))
+    _set_seq(msg, int(o["seq"]))
+    _set_ts(msg, ts)
+    _set_metrics(msg, _metrics(o["metrics"]))
+    _set_stages(
+        msg,
+        tuple([StageUsage(int(s["slot"]), s["litres_used"], s["days_in_service"]) for s in stages])
+        if stages
+        else (),
     )
+    _set_hist(msg, o.get("hist") is True)
+    return msg
 
 
 def _build_birth(o: _JsonObj, device_id: str, ts: int) -> Birth:
