@@ -185,6 +185,10 @@ class RecordingWriter:
             raise RecordingError(f"cannot write {self.path}: {exc.strerror}") from exc
         self._last_flush = time.monotonic()
 
+    @property
+    def closed(self) -> bool:
+        return self._raw.closed
+
     def close(self) -> None:
         if self._raw.closed:
             return
@@ -555,6 +559,7 @@ class Recorder:
         self._lock = threading.Lock()
         self._subscribed = threading.Event()
         self._full = threading.Event()
+        self._stopped = threading.Event()
         self._lost: str | None = None
         self._error: BaseException | None = None
 
@@ -582,6 +587,9 @@ class Recorder:
             raise
         self._client = client
         self._t0 = time.monotonic()
+        # a quiet fleet writes nothing for a while; what was written must still reach the disk
+        self._flusher = threading.Thread(target=self._flush_periodically, daemon=True)
+        self._flusher.start()
         client.on_message = self._on_message
         client.on_subscribe = self._on_subscribe
         client.on_disconnect = self._on_disconnect
@@ -598,6 +606,19 @@ class Recorder:
             self.stop()
             raise BrokerConnectionError(str(self._error))
 
+    def _flush_periodically(self) -> None:
+        while not self._stopped.wait(FLUSH_INTERVAL_S):
+            with self._lock:
+                writer = self._writer
+                if writer is None or writer.closed:
+                    return
+                try:
+                    writer.flush()
+                except RecordingError as exc:
+                    self._error = exc
+                    self._full.set()
+                    return
+
     def check(self) -> None:
         """Raise what went wrong on the client's thread, if anything."""
         if self._error is not None:
@@ -606,6 +627,7 @@ class Recorder:
             raise BrokerConnectionError(f"lost the broker: {self._lost}")
 
     def stop(self) -> None:
+        self._stopped.set()
         client, self._client = self._client, None
         if client is not None:
             client.disconnect()

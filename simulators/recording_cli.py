@@ -1,0 +1,141 @@
+"""`aquafleet record`, `aquafleet replay` and `aquafleet demo`."""
+
+from __future__ import annotations
+
+import argparse
+import signal
+import threading
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+
+from aquafleet.cli.app import (
+    EXIT_OK,
+    add_command,
+    err,
+    positive_float,
+    positive_int,
+)
+from aquafleet.config import Settings
+from simulators.recording import DEFAULT_FILTERS, Recorder, with_broker_url
+from simulators.replay import Replayer
+
+
+def register(commands: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
+    record = add_command(
+        commands,
+        "record",
+        "record the fleet's MQTT traffic to a file, for replay",
+        _record,
+        description="Subscribe to the fleet's topics (MQTT 5, QoS 1) and write every message, "
+        "retained presence included, to a compact streamable file; a name ending in .gz is "
+        "compressed. Stops at --duration, --max-messages, or Ctrl-C; the file stays readable "
+        "up to its last whole message if the recorder is killed.",
+    )
+    record.add_argument("--out", type=Path, required=True, metavar="FILE", help="recording file")
+    record.add_argument(
+        "--topic",
+        dest="topics",
+        action="append",
+        metavar="FILTER",
+        help=f"topic filter to record, repeatable (default: {' '.join(DEFAULT_FILTERS)})",
+    )
+    record.add_argument(
+        "--duration", type=positive_float, metavar="SECONDS", help="stop after this long"
+    )
+    record.add_argument(
+        "--max-messages", type=positive_int, metavar="N", help="stop after N messages"
+    )
+    _broker_argument(record)
+
+    replay = add_command(
+        commands,
+        "replay",
+        "republish a recording with its timing scaled",
+        _replay,
+        description="Republish every message of a recording with its QoS and retain flag, "
+        "payloads byte for byte, K times faster than recorded (--speed K) or as fast as the "
+        "broker takes them.",
+    )
+    replay.add_argument("file", type=Path, metavar="FILE", help="a file made by aquafleet record")
+    pace = replay.add_mutually_exclusive_group()
+    pace.add_argument(
+        "--speed",
+        type=positive_float,
+        default=1.0,
+        metavar="K",
+        help="K times the recorded pace (default: 1, as recorded)",
+    )
+    pace.add_argument(
+        "--as-fast-as-possible",
+        action="store_true",
+        help="ignore the recorded timing; publish as fast as the broker acknowledges",
+    )
+    _broker_argument(replay)
+
+
+def _broker_argument(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--broker-url",
+        metavar="URL",
+        help="mqtt://host:port of the broker (default: AQUAFLEET_BROKER_URL)",
+    )
+
+
+@contextmanager
+def _stop_on_signals(stop: threading.Event) -> Iterator[None]:
+    """Ctrl-C and SIGTERM end the command cleanly (the file closed, the summary printed)."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    previous = {
+        sig: signal.signal(sig, lambda *_: stop.set()) for sig in (signal.SIGINT, signal.SIGTERM)
+    }
+    try:
+        yield
+    finally:
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
+
+
+def _record(args: argparse.Namespace, settings: Settings) -> int:
+    settings = with_broker_url(settings, args.broker_url)
+    filters = tuple(args.topics or DEFAULT_FILTERS)
+    recorder = Recorder(settings, args.out, filters=filters, max_messages=args.max_messages)
+    stop = threading.Event()
+    with _stop_on_signals(stop):
+        recorder.start()
+        started = time.monotonic()
+        err(f"recording {' '.join(filters)} from {settings.broker_url} to {args.out}")
+        try:
+            deadline = started + args.duration if args.duration else None
+            while not stop.is_set() and not recorder.full.is_set():
+                recorder.check()
+                left = None if deadline is None else deadline - time.monotonic()
+                if left is not None and left <= 0:
+                    break
+                stop.wait(0.2 if left is None else min(0.2, left))
+        finally:
+            recorder.stop()
+    recorder.check()
+    err(
+        f"recorded {recorder.messages} message(s) in {time.monotonic() - started:.1f} s "
+        f"to {args.out}"
+    )
+    return EXIT_OK
+
+
+def _replay(args: argparse.Namespace, settings: Settings) -> int:
+    settings = with_broker_url(settings, args.broker_url)
+    speed = None if args.as_fast_as_possible else args.speed
+    stop = threading.Event()
+    with _stop_on_signals(stop):
+        result = Replayer(settings, args.file, speed=speed).run(stop=stop)
+    stopped = " (stopped early)" if stop.is_set() else ""
+    err(
+        f"replayed {result.published} message(s) spanning {result.recorded_s:.1f} s "
+        f"in {result.elapsed_s:.1f} s to {settings.broker_url}{stopped}"
+    )
+    # a cut tail was already reported, with its frame count, as the reader met it
+    return EXIT_OK
