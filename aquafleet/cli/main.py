@@ -18,6 +18,7 @@ COMMAND_MODULES: tuple[str, ...] = (
     "aquafleet.cli.db_commands",
     "aquafleet.cli.devices_commands",
     "simulators.recording_cli",
+    "ingest.cli",
 )
 
 

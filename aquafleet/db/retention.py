@@ -17,8 +17,13 @@ from psycopg import sql
 from aquafleet.db.connection import Database
 from aquafleet.errors import StoreError
 
-# Tables whose rows expire with age, and their time column.
-RETAINED_TABLES: tuple[tuple[str, str], ...] = (("telemetry", "time"),)
+# Tables whose rows expire with age, and their time column. message_keys only needs to outlive
+# the oldest message a device may still replay; quarantine is evidence for a while, not an archive.
+RETAINED_TABLES: tuple[tuple[str, str], ...] = (
+    ("telemetry", "time"),
+    ("message_keys", "time"),
+    ("quarantine", "received_at"),
+)
 
 DELETE_BATCH_ROWS = 10_000
 

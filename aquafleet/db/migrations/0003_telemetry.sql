@@ -19,6 +19,8 @@ CREATE TABLE telemetry (
     seq             bigint NOT NULL,
     received_at     timestamptz NOT NULL,          -- when ingest took it from the broker
     historical      boolean NOT NULL DEFAULT false, -- sent late from the device's store-and-forward
+    -- The metric columns below follow firmware_protocol.METRIC_NAMES, in that order and with
+    -- those types, so a decoded reading is a row as it is.
     tds_in          double precision,              -- ppm
     tds_out         double precision,              -- ppm
     feed_temp       double precision,              -- degC
@@ -33,19 +35,20 @@ CREATE TABLE telemetry (
     cold_temp       double precision,              -- degC
     uv_intensity    double precision,              -- %
     uv_hours        double precision,              -- h
-    rssi            double precision,              -- dBm
-    uptime          bigint,                        -- s
     leak            boolean,
     door_open       boolean,
     mains_ok        boolean,
-    pump_on         boolean,
     heater_on       boolean,
     compressor_on   boolean,
+    pump_on         boolean,
     uv_on           boolean,
+    payment_ok      boolean,                       -- vending: payment module healthy
+    payment_error   integer,                       -- vending: payment module error code, 0..65535
     sales_count     bigint,                        -- vending: sales since boot
-    sales_amount    double precision,              -- vending: currency units since boot
-    payment_error   text,                          -- vending: payment module error code, if any
-    stages          jsonb,                         -- per cartridge stage: litres used, days in service
+    sales_amount    bigint,                        -- vending: minor currency units since boot
+    rssi            integer,                       -- dBm
+    uptime          bigint,                        -- s
+    stages          jsonb,                         -- per cartridge slot: litres used, days in service
     CONSTRAINT telemetry_message_key UNIQUE (device_id, time, boot, seq)
 );
 
@@ -56,9 +59,11 @@ CREATE TABLE device_events (
     seq         bigint NOT NULL,
     received_at timestamptz NOT NULL,
     historical  boolean NOT NULL DEFAULT false,
-    kind        text NOT NULL,                     -- fault_raised, fault_cleared, door, payment, ...
-    code        text,                              -- fault or error code where the kind has one
-    detail      jsonb NOT NULL DEFAULT '{}'::jsonb,
+    kind        text NOT NULL,                     -- firmware_protocol.EventKind
+    code        text,                              -- fault code of fault_raised / fault_cleared
+    value       double precision,                  -- the reading that raised or cleared the fault
+    detail      text,                              -- the device's free text, if any
+    body        jsonb NOT NULL DEFAULT '{}'::jsonb, -- the other fields of the event's kind
     CONSTRAINT device_events_message_key UNIQUE (device_id, time, boot, seq)
 );
 

@@ -1,0 +1,244 @@
+"""Every SQL statement of ingest, in one place. Values always travel as parameters.
+
+Times arrive as integer milliseconds (the protocol's unit) and are turned into timestamptz by the
+server: building a datetime per value in Python would cost more than the COPY itself.
+"""
+
+from __future__ import annotations
+
+from typing import Final
+
+from firmware_protocol import METRIC_NAMES
+
+_METRICS = ", ".join(METRIC_NAMES)
+
+
+def _ms(column: str) -> str:
+    return f"(timestamptz 'epoch' + {column} * interval '1 millisecond')"
+
+
+# Temporary staging tables, one set per connection, emptied at every commit. COPY into them has
+# no index to maintain; the INSERT ... SELECT that follows applies the keys.
+CREATE_STAGING: Final = """
+CREATE TEMP TABLE IF NOT EXISTS stage_keys (
+    idx integer, device_id text, boot bigint, seq bigint, ts_ms bigint, received_ms bigint,
+    kind text
+) ON COMMIT DELETE ROWS;
+CREATE TEMP TABLE IF NOT EXISTS stage_telemetry (
+    idx integer, device_id text, boot bigint, seq bigint, ts_ms bigint, received_ms bigint,
+    historical boolean,
+    tds_in float8, tds_out float8, feed_temp float8, inlet_pressure float8, prefilter_dp float8,
+    permeate_flow float8, dispense_flow float8, volume_total float8, tank_level float8,
+    pump_current float8, hot_temp float8, cold_temp float8, uv_intensity float8, uv_hours float8,
+    leak boolean, door_open boolean, mains_ok boolean, heater_on boolean, compressor_on boolean,
+    pump_on boolean, uv_on boolean, payment_ok boolean,
+    payment_error integer, sales_count bigint, sales_amount bigint, rssi integer, uptime bigint,
+    stages text
+) ON COMMIT DELETE ROWS;
+CREATE TEMP TABLE IF NOT EXISTS stage_events (
+    idx integer, device_id text, boot bigint, seq bigint, ts_ms bigint, received_ms bigint,
+    historical boolean, kind text, code text, value float8, detail text, body text
+) ON COMMIT DELETE ROWS;
+"""
+
+# The staging columns are declared in METRIC_NAMES order; this checks it at import.
+_STAGE_METRICS = (
+    "tds_in", "tds_out", "feed_temp", "inlet_pressure", "prefilter_dp", "permeate_flow",
+    "dispense_flow", "volume_total", "tank_level", "pump_current", "hot_temp", "cold_temp",
+    "uv_intensity", "uv_hours", "leak", "door_open", "mains_ok", "heater_on", "compressor_on",
+    "pump_on", "uv_on", "payment_ok", "payment_error", "sales_count", "sales_amount", "rssi",
+    "uptime",
+)  # fmt: skip
+if tuple(_STAGE_METRICS) != METRIC_NAMES:  # pragma: no cover - a codec change must come here
+    raise RuntimeError("ingest staging columns no longer match firmware_protocol.METRIC_NAMES")
+
+COPY_KEYS: Final = (
+    "COPY stage_keys (idx, device_id, boot, seq, ts_ms, received_ms, kind) FROM STDIN BINARY"
+)
+KEY_TYPES: Final = ("int4", "text", "int8", "int8", "int8", "int8", "text")
+
+COPY_TELEMETRY: Final = (
+    "COPY stage_telemetry (idx, device_id, boot, seq, ts_ms, received_ms, historical, "
+    f"{_METRICS}, stages) FROM STDIN BINARY"
+)
+TELEMETRY_TYPES: Final = (
+    ("int4", "text", "int8", "int8", "int8", "int8", "bool")
+    + ("float8",) * 14
+    + ("bool",) * 8
+    + ("int4", "int8", "int8", "int4", "int8")
+    + ("text",)
+)
+
+COPY_EVENTS: Final = (
+    "COPY stage_events (idx, device_id, boot, seq, ts_ms, received_ms, historical, kind, code, "
+    "value, detail, body) FROM STDIN BINARY"
+)
+EVENT_TYPES: Final = (
+    "int4", "text", "int8", "int8", "int8", "int8", "bool", "text", "text", "float8", "text",
+    "text",
+)  # fmt: skip
+
+# Claim the keys; returns the batch positions whose key was already taken. Sorted, so that two
+# workers claiming overlapping keys lock them in the same order.
+CLAIM_KEYS: Final = f"""
+WITH claimed AS (
+    INSERT INTO message_keys (device_id, boot, seq, kind, time, received_at)
+    SELECT device_id, boot, seq, kind, {_ms("ts_ms")}, {_ms("received_ms")}
+    FROM stage_keys ORDER BY device_id, boot, seq
+    ON CONFLICT DO NOTHING
+    RETURNING device_id, boot, seq
+)
+SELECT s.idx FROM stage_keys s
+WHERE NOT EXISTS (
+    SELECT 1 FROM claimed c
+    WHERE c.device_id = s.device_id AND c.boot = s.boot AND c.seq = s.seq
+)
+"""
+
+# For the positions whose key was taken: is the stored message the same one (a redelivery or a
+# replay), or another one under the same sequence number?
+CLASSIFY_TAKEN: Final = f"""
+SELECT s.idx, (k.kind = s.kind AND k.time = {_ms("s.ts_ms")}), k.kind,
+       (extract(epoch FROM k.time) * 1000)::bigint
+FROM stage_keys s JOIN message_keys k USING (device_id, boot, seq)
+WHERE s.idx = ANY(%s)
+"""
+
+INSERT_TELEMETRY: Final = f"""
+INSERT INTO telemetry (time, device_id, boot, seq, received_at, historical, {_METRICS}, stages)
+SELECT {_ms("ts_ms")}, device_id, boot, seq, {_ms("received_ms")}, historical, {_METRICS},
+       stages::jsonb
+FROM stage_telemetry WHERE idx <> ALL(%s)
+ON CONFLICT DO NOTHING
+"""
+
+INSERT_EVENTS: Final = f"""
+INSERT INTO device_events
+    (time, device_id, boot, seq, received_at, historical, kind, code, value, detail, body)
+SELECT {_ms("ts_ms")}, device_id, boot, seq, {_ms("received_ms")}, historical, kind, code, value,
+       detail, body::jsonb
+FROM stage_events WHERE idx <> ALL(%s)
+ON CONFLICT DO NOTHING
+"""
+
+INSERT_ACK: Final = f"""
+INSERT INTO command_acks
+    (time, device_id, boot, seq, received_at, historical, cmd_id, status, error, detail)
+VALUES ({_ms("%s")}, %s, %s, %s, {_ms("%s")}, %s, %s, %s, %s, %s)
+ON CONFLICT DO NOTHING
+"""
+
+INSERT_PRESENCE: Final = f"""
+INSERT INTO device_presence (time, device_id, boot, conn, state, received_at)
+VALUES ({_ms("%s")}, %s, %s, %s, %s, {_ms("%s")})
+ON CONFLICT DO NOTHING
+"""
+
+COPY_QUARANTINE: Final = (
+    "COPY quarantine (received_at, topic, device_id, reason, detail, payload, payload_bytes) "
+    "FROM STDIN BINARY"
+)
+QUARANTINE_TYPES: Final = ("timestamptz", "text", "text", "text", "text", "bytea", "int4")
+
+# A hole below each newly stored message: the next lower stored seq of its boot is not seq - 1.
+# Holes are only suspected here; the gap scan judges them after the reorder window.
+SUSPECT_GAPS: Final = """
+INSERT INTO sequence_gaps (device_id, boot, from_seq, to_seq, detected_at)
+SELECT s.device_id, s.boot, p.prev + 1, s.seq - 1, now()
+FROM stage_keys s
+CROSS JOIN LATERAL (
+    SELECT max(k.seq) AS prev FROM message_keys k
+    WHERE k.device_id = s.device_id AND k.boot = s.boot AND k.seq < s.seq
+) p
+WHERE s.idx <> ALL(%s) AND p.prev IS NOT NULL AND p.prev < s.seq - 1
+ON CONFLICT DO NOTHING
+"""
+
+# Last seen, for every device of the batch, in device order (one lock order for all workers).
+# It also creates the state row, which the birth and status updates below then find.
+TOUCH_DEVICES: Final = f"""
+INSERT INTO device_state AS d (device_id, last_seen_at, last_ts, updated_at)
+SELECT device_id, {_ms("received_ms")}, {_ms("ts_ms")}, now()
+FROM unnest(%s::text[], %s::bigint[], %s::bigint[]) AS t(device_id, received_ms, ts_ms)
+ORDER BY device_id
+ON CONFLICT (device_id) DO UPDATE SET
+    last_seen_at = GREATEST(d.last_seen_at, EXCLUDED.last_seen_at),
+    last_ts = GREATEST(d.last_ts, EXCLUDED.last_ts),
+    updated_at = now()
+"""
+
+# Firmware, configuration and cartridges from a birth, unless a newer connection's birth is
+# already there. (A birth also means the connection is up: the writer applies it as an online
+# status too.)
+APPLY_BIRTH: Final = f"""
+UPDATE device_state SET
+    boot = %(boot)s, conn = %(conn)s, birth_at = {_ms("%(ts_ms)s")},
+    firmware = %(fw)s, hardware = %(hw)s, model = %(model)s, machine_class = %(machine_class)s,
+    serial = %(serial)s, config_version = %(config_version)s, config = %(config)s::jsonb,
+    stages = %(stages)s::jsonb, faults = %(faults)s
+WHERE device_id = %(device_id)s
+  AND (boot IS NULL OR (boot, conn) <= (%(boot)s, %(conn)s))
+"""
+
+# Presence from a status or a Will. Connections are ordered by (boot, conn); within one, its end
+# (offline, lost: rank 1) wins over its start, so a Will of an earlier connection arriving late
+# changes nothing.
+APPLY_STATUS: Final = f"""
+UPDATE device_state SET
+    presence = %(state)s, presence_boot = %(boot)s, presence_conn = %(conn)s,
+    presence_rank = %(rank)s, presence_at = {_ms("%(ts_ms)s")}
+WHERE device_id = %(device_id)s
+  AND ((presence_boot, presence_conn, presence_rank) IS NULL
+       OR (presence_boot, presence_conn, presence_rank) < (%(boot)s, %(conn)s, %(rank)s))
+"""
+
+KNOWN_DEVICES: Final = "SELECT device_id FROM devices"
+
+# -- the gap scan ---------------------------------------------------------------------------------
+
+# Suspected holes older than the reorder window, each taken by one worker only.
+DUE_GAPS: Final = """
+SELECT g.device_id, g.boot, g.from_seq, g.to_seq,
+       (SELECT count(*) FROM message_keys k
+        WHERE k.device_id = g.device_id AND k.boot = g.boot
+          AND k.seq BETWEEN g.from_seq AND g.to_seq) AS present
+FROM sequence_gaps g
+WHERE g.state = 'suspected' AND g.detected_at < now() - make_interval(secs => %s)
+ORDER BY g.detected_at
+LIMIT 500
+FOR UPDATE SKIP LOCKED
+"""
+
+DELETE_GAP: Final = "DELETE FROM sequence_gaps WHERE device_id = %s AND boot = %s AND from_seq = %s"
+
+REQUEST_GAP: Final = """
+UPDATE sequence_gaps SET state = 'requested', resend_cmd_id = %s, requested_at = now()
+WHERE device_id = %s AND boot = %s AND from_seq = %s
+"""
+
+ENQUEUE_COMMAND: Final = f"""
+INSERT INTO command_outbox (cmd_id, device_id, topic, payload, expires_at)
+VALUES (%s, %s, %s, %s, {_ms("%s")})
+ON CONFLICT DO NOTHING
+"""
+
+# Requested holes the replay has filled since.
+CLOSE_FILLED_GAPS: Final = """
+UPDATE sequence_gaps g SET state = 'filled', filled_at = now()
+WHERE g.state = 'requested'
+  AND (SELECT count(*) FROM message_keys k
+       WHERE k.device_id = g.device_id AND k.boot = g.boot
+         AND k.seq BETWEEN g.from_seq AND g.to_seq) = g.to_seq - g.from_seq + 1
+"""
+
+# -- the command relay ----------------------------------------------------------------------------
+
+PENDING_COMMANDS: Final = """
+SELECT cmd_id, topic, payload FROM command_outbox
+WHERE sent_at IS NULL AND expires_at > now()
+ORDER BY created_at
+LIMIT %s
+FOR UPDATE SKIP LOCKED
+"""
+
+MARK_SENT: Final = "UPDATE command_outbox SET sent_at = now() WHERE cmd_id = ANY(%s)"

@@ -1,0 +1,96 @@
+"""What ingest knows about devices beyond single messages: the ledger cache and sequence gaps.
+
+`KnownDevices` answers "is this device in the ledger?" from memory; the set is reloaded
+periodically, and early (at most once a second) when an unknown id shows up, so a machine just
+added to the ledger is accepted within a second while a flood from unknown ids costs one query a
+second, not one per message.
+
+`GapScanner` judges the holes the writer suspected once the reorder window has passed: filled
+by then, a hole was only reordering between workers and is forgotten; still open, a resend
+command for it goes into the command outbox, in the same transaction.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+import uuid
+
+from firmware_protocol import Command, Resend, encode, topic_for
+
+from ingest import _sql
+from ingest.writer import Connection
+
+log = logging.getLogger("ingest.device_state")
+
+_EARLY_REFRESH_S = 1.0
+
+
+class KnownDevices:
+    def __init__(self, refresh_s: float) -> None:
+        self._refresh_s = refresh_s
+        self._ids: frozenset[str] = frozenset()
+        self._loaded_at = float("-inf")
+
+    def __contains__(self, device_id: object) -> bool:
+        return device_id in self._ids
+
+    def __len__(self) -> int:
+        return len(self._ids)
+
+    def due(self) -> bool:
+        return time.monotonic() - self._loaded_at >= self._refresh_s
+
+    def may_refresh_early(self) -> bool:
+        return time.monotonic() - self._loaded_at >= _EARLY_REFRESH_S
+
+    def load(self, conn: Connection) -> None:
+        with conn.transaction():
+            rows = conn.execute(_sql.KNOWN_DEVICES).fetchall()
+        self._ids = frozenset(str(r[0]) for r in rows)
+        self._loaded_at = time.monotonic()
+
+
+class GapScanner:
+    def __init__(self, *, reorder_window_s: float, resend_expiry_s: int) -> None:
+        self._window_s = reorder_window_s
+        self._expiry_s = resend_expiry_s
+
+    def scan(self, conn: Connection) -> tuple[int, int]:
+        """Judge due holes; returns (gaps confirmed, resends queued)."""
+        confirmed = resends = 0
+        now_ms = int(time.time() * 1000)
+        with conn.transaction():
+            rows = conn.execute(_sql.DUE_GAPS, (self._window_s,)).fetchall()
+            for device_obj, boot_obj, from_obj, to_obj, present_obj in rows:
+                device_id = str(device_obj)
+                boot, from_seq, to_seq = int(str(boot_obj)), int(str(from_obj)), int(str(to_obj))
+                if int(str(present_obj)) == to_seq - from_seq + 1:
+                    conn.execute(_sql.DELETE_GAP, (device_id, boot, from_seq))
+                    continue
+                confirmed += 1
+                command = Command(
+                    device_id=device_id,
+                    id=f"resend-{uuid.uuid4().hex[:20]}",
+                    ts=now_ms,
+                    expires_at=now_ms + self._expiry_s * 1000,
+                    body=Resend(boot=boot, from_seq=from_seq, to_seq=to_seq),
+                )
+                payload = encode(command)
+                conn.execute(
+                    _sql.ENQUEUE_COMMAND,
+                    (command.id, device_id, topic_for(command), payload, command.expires_at),
+                )
+                conn.execute(_sql.REQUEST_GAP, (command.id, device_id, boot, from_seq))
+                resends += 1
+                log.info(
+                    "sequence gap %s boot %s seq %s..%s: resend requested",
+                    device_id,
+                    boot,
+                    from_seq,
+                    to_seq,
+                    extra={"event": "gap", "device_id": device_id, "boot": boot,
+                           "from_seq": from_seq, "to_seq": to_seq},
+                )  # fmt: skip
+            conn.execute(_sql.CLOSE_FILLED_GAPS)
+        return confirmed, resends

@@ -1,0 +1,221 @@
+"""Writing a prepared batch in one transaction: binary COPY into staging, then the real tables.
+
+The message key table decides what is new: keys are claimed first, and only the rows whose key
+was claimed are copied on into telemetry, device_events and command_acks. A key already taken is
+either the same message again (redelivery, store-and-forward replay, device retry: dropped and
+counted as a duplicate) or another message reusing the sequence number (quarantined).
+
+Device state is touched last, in device order, so two workers writing batches of the same
+devices queue behind each other instead of deadlocking, and hold those row locks only for the
+end of the transaction.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+
+import psycopg
+from firmware_protocol import RejectReason
+
+from ingest import _sql
+from ingest.prepare import PreparedBatch
+from ingest.quarantine import QuarantineRecord
+
+Connection = psycopg.Connection[tuple[object, ...]]
+
+
+@dataclass
+class WriteResult:
+    stored_by_kind: dict[str, int] = field(default_factory=dict)
+    duplicates: int = 0
+    quarantined_by_reason: dict[str, int] = field(default_factory=dict)
+
+
+class BatchWriter:
+    """Writes batches over one connection; make a new one after the connection broke."""
+
+    def __init__(self, conn: Connection) -> None:
+        self._conn = conn
+        conn.execute(_sql.CREATE_STAGING)
+        conn.commit()
+
+    @property
+    def connection(self) -> Connection:
+        return self._conn
+
+    def write(self, batch: PreparedBatch) -> WriteResult:
+        """Store the batch and commit; on any error nothing of it is stored."""
+        conn = self._conn
+        result = WriteResult(duplicates=batch.duplicates)
+        quarantine: list[QuarantineRecord] = list(batch.quarantine)
+        with conn.transaction():
+            taken: list[int] = []
+            if batch.keys:
+                with conn.cursor() as cur:
+                    with cur.copy(_sql.COPY_KEYS) as copy:
+                        copy.set_types(_sql.KEY_TYPES)
+                        for row in batch.keys:
+                            copy.write_row(row)
+                    taken = [int(str(r[0])) for r in cur.execute(_sql.CLAIM_KEYS).fetchall()]
+                    if taken:
+                        self._settle_taken(cur, batch, taken, result, quarantine)
+            if batch.telemetry:
+                self._copy(_sql.COPY_TELEMETRY, _sql.TELEMETRY_TYPES, batch.telemetry)
+                conn.execute(_sql.INSERT_TELEMETRY, (taken,))
+            if batch.events:
+                self._copy(_sql.COPY_EVENTS, _sql.EVENT_TYPES, batch.events)
+                conn.execute(_sql.INSERT_EVENTS, (taken,))
+            taken_set = set(taken)
+            acks = [a for a in batch.acks if a[0] not in taken_set]
+            if acks:
+                with conn.cursor() as cur:
+                    cur.executemany(_sql.INSERT_ACK, [(a[4], *a[1:4], a[5], *a[6:]) for a in acks])
+            if batch.statuses:
+                with conn.cursor() as cur:
+                    cur.executemany(
+                        _sql.INSERT_PRESENCE,
+                        [
+                            (s.ts_ms, s.device_id, s.boot, s.conn, s.state, s.received_ms)
+                            for s in batch.statuses
+                        ],
+                    )
+            if batch.keys:
+                conn.execute(_sql.SUSPECT_GAPS, (taken,))
+            if quarantine:
+                with conn.cursor() as cur, cur.copy(_sql.COPY_QUARANTINE) as copy:
+                    copy.set_types(_sql.QUARANTINE_TYPES)
+                    for q in quarantine:
+                        copy.write_row(
+                            (
+                                _ms_to_datetime(q.received_ms),
+                                q.topic,
+                                q.device_id,
+                                q.reason.value,
+                                q.detail,
+                                q.payload,
+                                q.payload_bytes,
+                            )
+                        )
+            self._update_state(batch, taken_set)
+
+        for row in batch.keys:
+            if row[0] not in taken_set:
+                kind = str(row[6])
+                result.stored_by_kind[kind] = result.stored_by_kind.get(kind, 0) + 1
+        if batch.statuses:
+            result.stored_by_kind["status"] = len(batch.statuses)
+        for q in quarantine:
+            reason = q.reason.value
+            result.quarantined_by_reason[reason] = result.quarantined_by_reason.get(reason, 0) + 1
+        return result
+
+    def _copy(self, statement: str, types: tuple[str, ...], rows: list[tuple[object, ...]]) -> None:
+        with self._conn.cursor() as cur, cur.copy(statement) as copy:
+            copy.set_types(types)
+            for row in rows:
+                copy.write_row(row)
+
+    def _settle_taken(
+        self,
+        cur: psycopg.Cursor[tuple[object, ...]],
+        batch: PreparedBatch,
+        taken: list[int],
+        result: WriteResult,
+        quarantine: list[QuarantineRecord],
+    ) -> None:
+        rows = cur.execute(_sql.CLASSIFY_TAKEN, (taken,)).fetchall()
+        for idx_obj, same, stored_kind, stored_ms in rows:
+            idx = int(str(idx_obj))
+            if same:
+                result.duplicates += 1
+                continue
+            topic, payload, received_ms, device_id = batch.keyed[idx]
+            key = next(k for k in batch.keys if k[0] == idx)
+            quarantine.append(
+                QuarantineRecord.of(
+                    received_ms=received_ms,
+                    topic=topic,
+                    device_id=device_id,
+                    reason=RejectReason.DUPLICATE,
+                    detail=f"seq {key[3]} of boot {key[2]} already names another message "
+                    f"({stored_kind} at {stored_ms})",
+                    payload=payload,
+                    bound=batch.payload_bound,
+                )
+            )
+
+    def _update_state(self, batch: PreparedBatch, taken: set[int]) -> None:
+        if not batch.seen:
+            return
+        conn = self._conn
+        devices = sorted(batch.seen)
+        conn.execute(
+            _sql.TOUCH_DEVICES,
+            (
+                devices,
+                [batch.seen[d][0] for d in devices],
+                [batch.seen[d][1] for d in devices],
+            ),
+        )
+        births = [b for b in batch.births if b.idx not in taken]
+        with conn.cursor() as cur:
+            if births:
+                cur.executemany(
+                    _sql.APPLY_BIRTH,
+                    [
+                        {
+                            "device_id": b.device_id,
+                            "boot": b.boot,
+                            "conn": b.conn,
+                            "ts_ms": b.ts_ms,
+                            "fw": b.fw,
+                            "hw": b.hw,
+                            "model": b.model,
+                            "machine_class": b.machine_class,
+                            "serial": b.serial,
+                            "config_version": b.config_version,
+                            "config": b.config,
+                            "stages": b.stages,
+                            "faults": b.faults,
+                        }
+                        for b in births
+                    ],
+                )
+            presence = [
+                {
+                    "device_id": b.device_id,
+                    "boot": b.boot,
+                    "conn": b.conn,
+                    "rank": 0,
+                    "state": "online",
+                    "ts_ms": b.ts_ms,
+                }
+                for b in births
+            ] + [
+                {
+                    "device_id": s.device_id,
+                    "boot": s.boot,
+                    "conn": s.conn,
+                    "rank": s.rank,
+                    "state": s.state,
+                    "ts_ms": s.ts_ms,
+                }
+                for s in batch.statuses
+            ]
+            if presence:
+                cur.executemany(_sql.APPLY_STATUS, presence)
+
+
+def _ms_to_datetime(ms: int) -> datetime:
+    return datetime.fromtimestamp(ms / 1000, UTC)
+
+
+def is_transient(exc: psycopg.Error) -> bool:
+    """Whether the same batch can succeed later (connection lost, server shutting down...)."""
+    if isinstance(exc, psycopg.OperationalError | psycopg.InterfaceError):
+        return True
+    state = exc.sqlstate or ""
+    # 08 connection, 40 rollback (deadlock, serialization), 53 resources, 57 operator
+    # intervention (shutdown), 58 system error
+    return state[:2] in {"08", "40", "53", "57", "58"}
