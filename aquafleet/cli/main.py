@@ -17,6 +17,7 @@ from aquafleet.errors import AquaFleetError, ConfigError, LedgerImportError, Usa
 COMMAND_MODULES: tuple[str, ...] = (
     "aquafleet.cli.db_commands",
     "aquafleet.cli.devices_commands",
+    "simulators.cli",
     "simulators.recording_cli",
     "ingest.cli",
 )

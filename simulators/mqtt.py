@@ -1,0 +1,255 @@
+"""Publishing the simulator's stream to a real MQTT broker (MQTT 5, QoS 1).
+
+Two shapes of connection, as the fleet size asks:
+
+* ``per-device``: one connection per machine, client id and username the device id, its Will the
+  retained ``status`` ``lost`` of that connection, and a subscription to its own ``cmd`` topic.
+  An unclean drop disconnects with reason 0x04 ("disconnect with Will message"), so the broker
+  itself publishes the Will, exactly as for a machine whose network fails. Per-device ACLs
+  (``pattern write aquafleet/v1/%u/#``) apply as they would in the field.
+* ``multiplexed``: a few gateway connections carry many machines, whose identities stay in topics
+  and payloads. A gateway publishes a machine's Will itself when that machine drops, and its own
+  Will is its ``status`` ``lost`` (with ``serves`` when the list fits the schema).
+
+Ordering is kept per machine (one machine always uses one connection). `send` waits for the
+broker's acknowledgements every few thousand messages, so memory stays bounded at any speed.
+"""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any, Final
+
+import paho.mqtt.client as mqtt
+from firmware_protocol import MessageKind as Kind
+from firmware_protocol import PresenceState, Status, encode, topic_of
+from paho.mqtt.enums import CallbackAPIVersion
+from paho.mqtt.packettypes import PacketTypes
+from paho.mqtt.properties import Properties
+from paho.mqtt.reasoncodes import ReasonCode
+
+from simulators.errors import PublishError
+from simulators.sinks import Action, Connect, Outgoing
+
+__all__ = ["BrokerAddress", "MqttSink"]
+
+_CONNECT_TIMEOUT_S: Final = 10.0
+_ACK_TIMEOUT_S: Final = 60.0
+_WAIT_EVERY: Final = 2000  # messages per connection between waits for the broker's acks
+_MAX_SERVES: Final = 256  # the status schema's limit on a gateway's list
+_CMD_FILTER: Final = "aquafleet/v1/+/cmd"
+
+
+@dataclass(frozen=True, slots=True)
+class BrokerAddress:
+    host: str
+    port: int
+    username: str | None = None
+    password: str | None = None
+    tls: bool = False
+
+
+class _Conn:
+    """One paho client with its network thread, connected synchronously."""
+
+    def __init__(
+        self,
+        broker: BrokerAddress,
+        client_id: str,
+        *,
+        username: str | None,
+        will: Outgoing | None,
+        subscribe: str,
+        inbox: list[tuple[str, bytes]],
+        inbox_lock: threading.Lock,
+    ) -> None:
+        self.client_id = client_id
+        self._connected = threading.Event()
+        self._failure: str | None = None
+        self._subscribe = subscribe
+        self._inbox = inbox
+        self._inbox_lock = inbox_lock
+        self.last: mqtt.MQTTMessageInfo | None = None
+        self.unacked = 0
+        client = mqtt.Client(CallbackAPIVersion.VERSION2, client_id=client_id, protocol=mqtt.MQTTv5)
+        if username is not None:
+            client.username_pw_set(username, broker.password)
+        if broker.tls:
+            client.tls_set()
+        if will is not None:
+            client.will_set(will.topic, will.payload, qos=will.qos, retain=will.retain)
+        client.max_inflight_messages_set(1000)
+        client.max_queued_messages_set(0)
+        client.on_connect = self._on_connect
+        client.on_message = self._on_message
+        self.client = client
+        props = Properties(PacketTypes.CONNECT)  # type: ignore[no-untyped-call]
+        # A persistent session: the broker keeps commands (QoS 1) while the machine is away.
+        props.SessionExpiryInterval = 3600
+        try:
+            client.connect(
+                broker.host, broker.port, keepalive=60, clean_start=False, properties=props
+            )
+        except OSError as exc:
+            raise PublishError(
+                f"{client_id}: cannot connect to {broker.host}:{broker.port}: {exc}"
+            ) from exc
+        client.loop_start()
+        if not self._connected.wait(_CONNECT_TIMEOUT_S) or self._failure:
+            client.loop_stop()
+            raise PublishError(f"{client_id}: broker refused the connection: {self._failure}")
+
+    def _on_connect(
+        self, client: mqtt.Client, _u: Any, _f: Any, reason: ReasonCode, _p: Any
+    ) -> None:
+        if reason.is_failure:
+            self._failure = str(reason)
+        else:
+            client.subscribe(self._subscribe, qos=1)
+        self._connected.set()
+
+    def _on_message(self, _c: mqtt.Client, _u: Any, message: mqtt.MQTTMessage) -> None:
+        with self._inbox_lock:
+            self._inbox.append((message.topic, bytes(message.payload)))
+
+    def publish(self, m: Outgoing) -> None:
+        self.last = self.client.publish(m.topic, m.payload, qos=m.qos, retain=m.retain)
+        self.unacked += 1
+        if self.unacked >= _WAIT_EVERY:
+            self.wait()
+
+    def wait(self) -> None:
+        if self.last is not None and self.unacked:
+            try:
+                self.last.wait_for_publish(_ACK_TIMEOUT_S)
+            except (RuntimeError, ValueError) as exc:
+                raise PublishError(f"{self.client_id}: publish failed: {exc}") from exc
+        self.unacked = 0
+
+    def close(self, *, send_will: bool = False) -> None:
+        self.wait()
+        if send_will:
+            self.client.disconnect(reasoncode=ReasonCode(PacketTypes.DISCONNECT, identifier=4))
+        else:
+            self.client.disconnect()
+        self.client.loop_stop()
+
+
+class MqttSink:
+    """Sends the simulator's actions to a broker; see the module docstring for the two modes."""
+
+    def __init__(
+        self,
+        broker: BrokerAddress,
+        *,
+        mode: str = "per-device",
+        gateways: int = 4,
+        gateway_prefix: str = "simgw",
+        start_ms: int = 0,
+    ) -> None:
+        if mode not in ("per-device", "multiplexed"):
+            raise ValueError(f"unknown connection mode {mode!r}")
+        self.broker = broker
+        self.mode = mode
+        self._inbox: list[tuple[str, bytes]] = []
+        self._inbox_lock = threading.Lock()
+        self._devices: dict[str, _Conn] = {}
+        self._gateways: list[_Conn] = []
+        self._gateway_of: dict[str, int] = {}
+        self._wills: dict[str, Outgoing] = {}
+        self._gateway_prefix = gateway_prefix
+        self._start_ms = start_ms
+        self._n_gateways = max(1, gateways)
+
+    # The gateways connect at the first Connect, once the machines they serve are known.
+    def _ensure_gateways(self, actions: Sequence[Action]) -> None:
+        if self._gateways:
+            return
+        served: list[list[str]] = [[] for _ in range(self._n_gateways)]
+        for a in actions:
+            if isinstance(a, Connect) and a.device_id not in self._gateway_of:
+                k = len(self._gateway_of) % self._n_gateways
+                self._gateway_of[a.device_id] = k
+                served[k].append(a.device_id)
+        for k in range(self._n_gateways):
+            gw_id = f"{self._gateway_prefix}-{k:02d}"
+            serves = tuple(served[k]) if len(served[k]) <= _MAX_SERVES else ()
+            will_status = Status(
+                device_id=gw_id, boot=1, conn=1, ts=self._start_ms, state=PresenceState.LOST,
+                serves=serves,
+            )  # fmt: skip
+            topic = topic_of(gw_id, Kind.STATUS)
+            will = Outgoing(topic, encode(will_status), gw_id, self._start_ms, 1, True)
+            conn = self._open(gw_id, self.broker.username, will, _CMD_FILTER)
+            online = Status(
+                device_id=gw_id, boot=1, conn=1, ts=self._start_ms, state=PresenceState.ONLINE,
+                serves=serves,
+            )  # fmt: skip
+            conn.publish(Outgoing(topic, encode(online), gw_id, self._start_ms, 1, True))
+            self._gateways.append(conn)
+
+    def _open(self, client_id: str, username: str | None, will: Outgoing, sub: str) -> _Conn:
+        return _Conn(
+            self.broker,
+            client_id,
+            username=username,
+            will=will,
+            subscribe=sub,
+            inbox=self._inbox,
+            inbox_lock=self._inbox_lock,
+        )
+
+    def _gateway(self, device_id: str) -> _Conn:
+        k = self._gateway_of.get(device_id)
+        if k is None:
+            k = self._gateway_of[device_id] = len(self._gateway_of) % self._n_gateways
+        return self._gateways[k]
+
+    def send(self, actions: Sequence[Action]) -> None:
+        if self.mode == "multiplexed":
+            self._ensure_gateways(actions)
+            for a in actions:
+                if isinstance(a, Outgoing):
+                    self._gateway(a.device_id).publish(a)
+                elif isinstance(a, Connect):
+                    self._wills[a.device_id] = a.will
+                else:
+                    will = self._wills.pop(a.device_id, None)
+                    if a.send_will and will is not None:
+                        self._gateway(a.device_id).publish(will)
+            for gw in self._gateways:
+                gw.wait()
+            return
+        for a in actions:
+            if isinstance(a, Outgoing):
+                conn = self._devices.get(a.device_id)
+                if conn is None:
+                    raise PublishError(f"{a.device_id}: publish without a connection")
+                conn.publish(a)
+            elif isinstance(a, Connect):
+                old = self._devices.pop(a.device_id, None)
+                if old is not None:
+                    old.close()
+                cmd = topic_of(a.device_id, Kind.CMD)
+                self._devices[a.device_id] = self._open(a.device_id, a.device_id, a.will, cmd)
+            else:
+                conn = self._devices.pop(a.device_id, None)
+                if conn is not None:
+                    conn.close(send_will=a.send_will)
+        for conn in self._devices.values():
+            conn.wait()
+
+    def commands(self) -> list[tuple[str, bytes]]:
+        with self._inbox_lock:
+            out, self._inbox[:] = list(self._inbox), []
+        return out
+
+    def close(self) -> None:
+        for conn in self._devices.values():
+            conn.close()
+        self._devices.clear()
+        for gw in self._gateways:
+            gw.close()
+        self._gateways.clear()
