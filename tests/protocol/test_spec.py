@@ -63,6 +63,10 @@ def test_fault_table_in_spec_matches_code() -> None:
         assert severity == spec.severity.value
         assert set(classes.split(", ")) == {c.value for c in spec.classes}
     assert set(fp.FAULT_TABLE) == set(fp.FaultCode)
+    # A stray "|" inside a cell would break the table for readers.
+    for line in SPEC.splitlines():
+        if re.match(r"^\| `[a-z_]+` \| .* \| (device|cloud|both) \|$", line):
+            assert line.count("|") == 8, line
 
 
 def test_schema_enums_match_models() -> None:

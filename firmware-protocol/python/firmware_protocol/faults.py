@@ -296,7 +296,7 @@ FAULT_TABLE: Mapping[FaultCode, FaultSpec] = MappingProxyType(
                 Severity.WARNING,
                 _BOTH,
                 ("msg.ts",),
-                "|ts - receive time| > 5 min on live messages",
+                "ts differs from receive time by > 5 min on live messages",
                 FaultSource.CLOUD,
             ),
             _row(
