@@ -15,6 +15,7 @@ from aquafleet.config import Settings
 from aquafleet.db import Database, migrate
 from aquafleet.errors import ConfigError
 from ingest import logs
+from ingest.broker import cli as broker_cli
 from ingest.config import DEFAULT_GROUP, IngestConfig, Protocol, default_client_id
 from ingest.runner import RunOptions, run_ingest
 
@@ -22,6 +23,7 @@ log = logging.getLogger("ingest.cli")
 
 
 def register(commands: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
+    broker_cli.register(commands)
     parser = add_command(
         commands,
         "ingest",
