@@ -8,12 +8,13 @@ import subprocess
 import urllib.request
 
 import psycopg
-from firmware_protocol import PresenceState
+from firmware_protocol import Message, PresenceState
 
 from tests.fix_mqtt import MosquittoBroker
 from tests.fix_pg import _free_port
 from tests.ingest.conftest import AQUAFLEET, DEVICES, MakeIngest
 from tests.ingest.fleet import (
+    Raw,
     ack,
     birth,
     count,
@@ -91,7 +92,7 @@ def test_ingest_stores_every_kind_and_keeps_device_state(
         env={"AQUAFLEET_LOG_FORMAT": "json"},
     ).start()
     a, b = DEVICES[0], DEVICES[1]
-    messages = [
+    messages: list[Message | Raw] = [
         birth(a, seq=0, fw="2.4.0", config_version=9),
         status(a, PresenceState.ONLINE),
         *[telemetry(a, seq) for seq in range(1, 21)],
