@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import argparse
+import logging
 import signal
+import sys
 import threading
 import time
 from collections.abc import Iterator
@@ -14,12 +16,22 @@ from aquafleet.cli.app import (
     EXIT_OK,
     add_command,
     err,
+    out,
     positive_float,
     positive_int,
 )
 from aquafleet.config import Settings
+from simulators.demo import (
+    DEFAULT_MACHINES,
+    DEFAULT_SEED,
+    DEMO_SCENARIO,
+    DemoOptions,
+    format_summary,
+    run_demo,
+)
 from simulators.recording import DEFAULT_FILTERS, Recorder, with_broker_url
 from simulators.replay import Replayer
+from simulators.timespec import parse_duration_ms
 
 
 def register(commands: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
@@ -73,6 +85,57 @@ def register(commands: argparse._SubParsersAction) -> None:  # type: ignore[type
         help="ignore the recorded timing; publish as fast as the broker acknowledges",
     )
     _broker_argument(replay)
+
+    demo = add_command(
+        commands,
+        "demo",
+        "run a simulated fleet through the real chain, with nothing to set up",
+        _demo,
+        description="Start a broker (Mosquitto if installed, else one in this process) and the "
+        "embedded PostgreSQL, import a sample ledger, run a fleet of both machine classes with "
+        "a handful of faults at high speed through ingest, and show what arrives. The database "
+        "is left in place. With AQUAFLEET_BROKER_URL and AQUAFLEET_DATABASE_URL set, uses "
+        "those instead.",
+    )
+    demo.add_argument(
+        "--machines",
+        type=positive_int,
+        default=DEFAULT_MACHINES,
+        metavar="N",
+        help=f"fleet size (default: {DEFAULT_MACHINES})",
+    )
+    demo.add_argument(
+        "--duration",
+        type=_duration,
+        metavar="DURATION",
+        help="simulated time, e.g. 90m or 6h (default: 6h, or 2h on the in-process broker)",
+    )
+    demo.add_argument(
+        "--seed", type=int, default=DEFAULT_SEED, help=f"fleet seed (default: {DEFAULT_SEED})"
+    )
+    demo.add_argument(
+        "--scenario", type=Path, default=DEMO_SCENARIO, metavar="FILE", help="faults to inject"
+    )
+    demo.add_argument(
+        "--ledger", type=Path, metavar="FILE.csv", help="a ledger to run instead of the sample"
+    )
+    demo.add_argument(
+        "--broker",
+        choices=["auto", "mosquitto", "amqtt"],
+        default="auto",
+        help="the local broker when AQUAFLEET_BROKER_URL is unset: Mosquitto if installed "
+        "(auto, the default), or amqtt in this process (MQTT 3.1.1 only)",
+    )
+
+
+def _duration(text: str) -> int:
+    try:
+        ms = parse_duration_ms(text)
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
+    if ms < 60_000:
+        raise argparse.ArgumentTypeError(f"{text} is shorter than a minute")
+    return ms
 
 
 def _broker_argument(parser: argparse.ArgumentParser) -> None:
@@ -138,4 +201,25 @@ def _replay(args: argparse.Namespace, settings: Settings) -> int:
         f"in {result.elapsed_s:.1f} s to {settings.broker_url}{stopped}"
     )
     # a cut tail was already reported, with its frame count, as the reader met it
+    return EXIT_OK
+
+
+def _demo(args: argparse.Namespace, settings: Settings) -> int:
+    options = DemoOptions(
+        machines=args.machines,
+        duration_ms=args.duration,
+        seed=args.seed,
+        scenario=args.scenario,
+        ledger=args.ledger,
+        live=sys.stdout.isatty(),
+        broker=args.broker,
+    )
+    if not args.verbose:
+        # amqtt logs every refused MQTT 5 attempt and client disconnect as a warning, and its
+        # state machine library logs every transition
+        logging.getLogger("amqtt").setLevel(logging.ERROR)
+        logging.getLogger("transitions").setLevel(logging.WARNING)
+    summary = run_demo(settings, options, sys.stdout)
+    for line in format_summary(summary):
+        out(line)
     return EXIT_OK
