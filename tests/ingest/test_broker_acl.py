@@ -115,7 +115,7 @@ class Client:
 
     def _on_message(self, c: mqtt.Client, u: object, message: mqtt.MQTTMessage) -> None:
         with self._lock:
-            self.received.append((message.topic, message.payload))
+            self.received.append((message.topic, bytes(message.payload)))
 
     def _on_publish(
         self, c: mqtt.Client, u: object, mid: int, rc: ReasonCode, p: Properties
