@@ -619,7 +619,10 @@ class Simulation:
         f = self.fleet
         life = f.life_left(at)[i].min()
         rej = float(f.rejection()[i])
+        used_pp = f.stage_l[i, wear.SLOT_PP] / f.capacity_l[i, wear.SLOT_PP]
+        clog = float(wear.prefilter_clog(np.array([used_pp]))[0])
         still = {
+            FaultCode.PREFILTER_CLOGGED.value: clog >= 1.0 / 1.2 or 1 / (1 + 0.5 * clog) < 0.7,
             FaultCode.CARTRIDGE_EXHAUSTED.value: 0.0 < life <= 0.10,
             FaultCode.CARTRIDGE_OVERDUE.value: life <= 0.0,
             FaultCode.MEMBRANE_DEGRADED.value: rej < 0.90,
