@@ -408,7 +408,7 @@ class Simulation:
         f = self.fleet
         vending = m.machine_class is MachineClass.VENDING
         ts = self._device_ms(i, sim_ms)
-        days = f.days_in_service(sim_ms)[i]
+        days = np.maximum((sim_ms - f.installed_ms[i]) / 86_400_000, 0.0)  # this machine only
         stages = tuple(
             CartridgeStage(
                 slot=slot,
@@ -932,8 +932,9 @@ class Simulation:
         seqs = self.seq[emit].tolist()
         special = [i in self.flags and self.flags[i].any() for i in emit.tolist()]
         down = (self.network_down[emit] | ~self.connected[emit]).tolist()
-        v_cols = [cols[name] for name in VENDING_METRICS]
-        p_cols = [cols[name] for name in PURIFIER_METRICS]
+        # Row tuples are built in C by zip; dict(zip(...)) per message is the cheapest dict.
+        v_rows = list(zip(*(cols[name] for name in VENDING_METRICS), strict=True))
+        p_rows = list(zip(*(cols[name] for name in PURIFIER_METRICS), strict=True))
         tel_topics = self._topics[Kind.TELEMETRY]
         ids = self.ids
         slots = [s[0] for s in wear.STAGES]
@@ -956,9 +957,9 @@ class Simulation:
                 seq += 1
             if rep[j]:
                 if vending[j]:
-                    metrics = {k: c[j] for k, c in zip(VENDING_METRICS, v_cols, strict=True)}
+                    metrics = dict(zip(VENDING_METRICS, v_rows[j], strict=True))
                 else:
-                    metrics = {k: c[j] for k, c in zip(PURIFIER_METRICS, p_cols, strict=True)}
+                    metrics = dict(zip(PURIFIER_METRICS, p_rows[j], strict=True))
                 lj, dj = litres[j], days_l[j]
                 wire = {
                     "v": 1,
