@@ -140,20 +140,6 @@ COPY_QUARANTINE: Final = (
 )
 QUARANTINE_TYPES: Final = ("timestamptz", "text", "text", "text", "text", "bytea", "int4")
 
-# A hole below each newly stored message: the next lower stored seq of its boot is not seq - 1.
-# Holes are only suspected here; the gap scan judges them after the reorder window.
-SUSPECT_GAPS: Final = """
-INSERT INTO sequence_gaps (device_id, boot, from_seq, to_seq, detected_at)
-SELECT s.device_id, s.boot, p.prev + 1, s.seq - 1, now()
-FROM stage_keys s
-CROSS JOIN LATERAL (
-    SELECT max(k.seq) AS prev FROM message_keys k
-    WHERE k.device_id = s.device_id AND k.boot = s.boot AND k.seq < s.seq
-) p
-WHERE s.idx <> ALL(%s) AND p.prev IS NOT NULL AND p.prev < s.seq - 1
-ON CONFLICT DO NOTHING
-"""
-
 # Last seen, for every device of the batch, in device order (one lock order for all workers).
 # It also creates the state row, which the birth and status updates below then find.
 TOUCH_DEVICES: Final = f"""
@@ -196,14 +182,50 @@ KNOWN_DEVICES: Final = "SELECT device_id FROM devices"
 
 # -- the gap scan ---------------------------------------------------------------------------------
 
-# Suspected holes older than the reorder window, each taken by one worker only.
+# One scan at a time across all workers (transaction-level advisory lock).
+GAP_SCAN_LOCK: Final = "SELECT pg_try_advisory_xact_lock(%s)"
+GAP_SCAN_LOCK_KEY: Final = 0x0A0AF1E6A9
+
+# The slice of device time to scan now: from where the last scan stopped (or one reorder window
+# back at the first scan) to now minus the reorder window, at most max_s long.
+GAP_SCAN_SLICE: Final = """
+SELECT COALESCE((SELECT scanned_to FROM gap_scan_state WHERE id = 1),
+                now() - make_interval(secs => 2 * %(window)s)) AS lo,
+       now() - make_interval(secs => %(window)s) AS hi
+"""
+
+GAP_SCAN_SAVE: Final = """
+INSERT INTO gap_scan_state (id, scanned_to) VALUES (1, %s)
+ON CONFLICT (id) DO UPDATE SET scanned_to = EXCLUDED.scanned_to
+"""
+
+# Holes just below the messages of the slice: seq - 1 is missing, and a lower seq of the same
+# boot is stored (the start of a boot, or of what ingest ever saw, is not a hole).
+FIND_GAPS: Final = """
+INSERT INTO sequence_gaps (device_id, boot, from_seq, to_seq, detected_at)
+SELECT k.device_id, k.boot, p.prev + 1, k.seq - 1, now()
+FROM message_keys k
+CROSS JOIN LATERAL (
+    SELECT max(q.seq) AS prev FROM message_keys q
+    WHERE q.device_id = k.device_id AND q.boot = k.boot AND q.seq < k.seq
+) p
+WHERE k.time >= %s AND k.time < %s
+  AND NOT EXISTS (
+      SELECT 1 FROM message_keys q
+      WHERE q.device_id = k.device_id AND q.boot = k.boot AND q.seq = k.seq - 1
+  )
+  AND p.prev IS NOT NULL
+ON CONFLICT DO NOTHING
+"""
+
+# Suspected holes, each taken by one worker only, with how much of them is stored by now.
 DUE_GAPS: Final = """
 SELECT g.device_id, g.boot, g.from_seq, g.to_seq,
        (SELECT count(*) FROM message_keys k
         WHERE k.device_id = g.device_id AND k.boot = g.boot
           AND k.seq BETWEEN g.from_seq AND g.to_seq) AS present
 FROM sequence_gaps g
-WHERE g.state = 'suspected' AND g.detected_at < now() - make_interval(secs => %s)
+WHERE g.state = 'suspected'
 ORDER BY g.detected_at
 LIMIT 500
 FOR UPDATE SKIP LOCKED

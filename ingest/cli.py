@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import argparse
 import logging
+from typing import Any
 
 from aquafleet.cli.app import EXIT_OK, add_command, positive_int
 from aquafleet.config import Settings
@@ -101,9 +102,31 @@ def register(commands: argparse._SubParsersAction) -> None:  # type: ignore[type
         help="seconds a sequence hole may stay open before a resend is asked for (default: 10)",
     )
     parser.add_argument(
+        "--relay-commands",
+        action="store_true",
+        help="also publish queued commands (resend requests); needs an account allowed to "
+        "write command topics (see 'aquafleet broker relay')",
+    )
+    parser.add_argument(
         "--no-migrate",
         action="store_true",
         help="do not apply pending schema migrations at start",
+    )
+
+
+def broker_config(settings: Settings, **overrides: Any) -> IngestConfig:
+    """The broker connection of the settings, as an IngestConfig."""
+    host_port = settings.broker_host_port
+    if host_port is None:
+        raise ConfigError(["AQUAFLEET_BROKER_URL: is not set (ingest needs the broker's address)"])
+    password = settings.broker_password
+    return IngestConfig(
+        host=host_port[0],
+        port=host_port[1],
+        username=settings.broker_username,
+        password=password.get_secret_value() if password is not None else None,
+        tls=settings.broker_tls,
+        **overrides,
     )
 
 
@@ -119,16 +142,8 @@ def _ingest(args: argparse.Namespace, settings: Settings) -> int:
     metrics_port = args.metrics_port if args.metrics_port is not None else settings.metrics_port
     if metrics_port is not None and not 0 <= metrics_port <= 65535:
         raise ConfigError([f"--metrics-port: {metrics_port} is not a port number"])
-    config = IngestConfig(
-        host=host_port[0],
-        port=host_port[1],
-        username=settings.broker_username,
-        password=(
-            settings.broker_password.get_secret_value()
-            if settings.broker_password is not None
-            else None
-        ),
-        tls=settings.broker_tls,
+    config = broker_config(
+        settings,
         client_id=args.client_id or default_client_id(),
         group=args.group,
         shared=not args.no_shared,
@@ -150,6 +165,7 @@ def _ingest(args: argparse.Namespace, settings: Settings) -> int:
                 metrics_port=metrics_port,
                 log_format=settings.log_format,
                 verbose=args.verbose,
+                relay_commands=args.relay_commands,
             ),
         )
     return EXIT_OK

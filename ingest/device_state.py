@@ -5,9 +5,10 @@ periodically, and early (at most once a second) when an unknown id shows up, so 
 added to the ledger is accepted within a second while a flood from unknown ids costs one query a
 second, not one per message.
 
-`GapScanner` judges the holes the writer suspected once the reorder window has passed: filled
-by then, a hole was only reordering between workers and is forgotten; still open, a resend
-command for it goes into the command outbox, in the same transaction.
+`GapScanner` looks for holes in each device's sequence among the messages older than the
+reorder window (so reordering between workers is over), in slices of device time, one worker at
+a time. A hole found and still open goes to `sequence_gaps` with a resend command for it in the
+command outbox, in the same transaction; a hole the replay has filled is closed.
 """
 
 from __future__ import annotations
@@ -15,6 +16,7 @@ from __future__ import annotations
 import logging
 import time
 import uuid
+from datetime import datetime, timedelta
 
 from firmware_protocol import Command, Resend, encode, topic_for
 
@@ -24,6 +26,7 @@ from ingest.writer import Connection
 log = logging.getLogger("ingest.device_state")
 
 _EARLY_REFRESH_S = 1.0
+_MAX_SLICE = timedelta(minutes=5)
 
 
 class KnownDevices:
@@ -57,11 +60,24 @@ class GapScanner:
         self._expiry_s = resend_expiry_s
 
     def scan(self, conn: Connection) -> tuple[int, int]:
-        """Judge due holes; returns (gaps confirmed, resends queued)."""
+        """Look for holes and judge them; returns (gaps confirmed, resends queued)."""
         confirmed = resends = 0
         now_ms = int(time.time() * 1000)
         with conn.transaction():
-            rows = conn.execute(_sql.DUE_GAPS, (self._window_s,)).fetchall()
+            locked = conn.execute(_sql.GAP_SCAN_LOCK, (_sql.GAP_SCAN_LOCK_KEY,)).fetchone()
+            if not locked or not locked[0]:
+                return 0, 0  # another worker is scanning
+            window = conn.execute(_sql.GAP_SCAN_SLICE, {"window": self._window_s}).fetchone()
+            assert window is not None
+            lo, hi = window
+            assert isinstance(lo, datetime)
+            assert isinstance(hi, datetime)
+            # After a long stop, catch up a bounded slice per scan.
+            hi = min(hi, lo + _MAX_SLICE)
+            if hi > lo:
+                conn.execute(_sql.FIND_GAPS, (lo, hi))
+                conn.execute(_sql.GAP_SCAN_SAVE, (hi,))
+            rows = conn.execute(_sql.DUE_GAPS).fetchall()
             for device_obj, boot_obj, from_obj, to_obj, present_obj in rows:
                 device_id = str(device_obj)
                 boot, from_seq, to_seq = int(str(boot_obj)), int(str(from_obj)), int(str(to_obj))

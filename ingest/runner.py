@@ -26,6 +26,7 @@ from aquafleet.db import Database
 from ingest import logs
 from ingest.config import IngestConfig
 from ingest.metrics import IngestMetrics, serve_metrics
+from ingest.relay import CommandRelay
 from ingest.worker import IngestWorker
 
 log = logging.getLogger("ingest.runner")
@@ -42,6 +43,7 @@ class RunOptions:
     metrics_addr: str = "0.0.0.0"
     log_format: str = "text"
     verbose: bool = False
+    relay_commands: bool = False
 
 
 def run_ingest(
@@ -53,12 +55,31 @@ def run_ingest(
     """Run until ``stop`` is set or SIGTERM/SIGINT arrives; raises if a worker fails for good."""
     stop = stop if stop is not None else threading.Event()
     restore = _handle_signals(stop)
+    relay = CommandRelay(config, Database(url=database_url)) if options.relay_commands else None
     try:
+        if relay is not None:
+            relay.start()
         if options.workers == 1:
             _run_single(config, database_url, options, stop)
         else:
             _Supervisor(config, database_url, options, stop).run()
     finally:
+        if relay is not None:
+            relay.stop()
+        restore()
+
+
+def run_relay(config: IngestConfig, database_url: str, stop: threading.Event | None = None) -> None:
+    """Run only the command relay until ``stop`` or SIGTERM/SIGINT."""
+    stop = stop if stop is not None else threading.Event()
+    restore = _handle_signals(stop)
+    relay = CommandRelay(config, Database(url=database_url))
+    try:
+        relay.start()
+        log.info("command relay running", extra={"event": "started"})
+        stop.wait()
+    finally:
+        relay.stop()
         restore()
 
 

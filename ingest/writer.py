@@ -80,8 +80,6 @@ class BatchWriter:
                             for s in batch.statuses
                         ],
                     )
-            if batch.keys:
-                conn.execute(_sql.SUSPECT_GAPS, (taken,))
             if quarantine:
                 with conn.cursor() as cur, cur.copy(_sql.COPY_QUARANTINE) as copy:
                     copy.set_types(_sql.QUARANTINE_TYPES)

@@ -3,12 +3,14 @@
 from __future__ import annotations
 
 import argparse
+import socket
 from pathlib import Path
 
 from aquafleet.cli.app import EXIT_OK, add_command, add_group, out
 from aquafleet.config import Settings
 from aquafleet.db import Database
 from aquafleet.ledger import DeviceStatus, LedgerRepository
+from ingest import logs
 from ingest.broker.credentials import (
     ACL_FILE,
     CLEAR_NAME,
@@ -31,6 +33,12 @@ def register(commands: argparse._SubParsersAction) -> None:  # type: ignore[type
         "active are dropped. Run it after each ledger import, then reload Mosquitto.",
     )
     creds.add_argument("--out", type=Path, required=True, metavar="DIR", help="output directory")
+    add_command(
+        group,
+        "relay",
+        "publish queued commands (resend requests) to devices; run it as the _commander account",
+        _relay,
+    )
     config = add_command(
         group, "config", "print the production Mosquitto configuration or ACL", _config
     )
@@ -55,4 +63,15 @@ def _credentials(args: argparse.Namespace, settings: Settings) -> int:
 
 def _config(args: argparse.Namespace, settings: Settings) -> int:
     out((ACL_FILE if args.acl else MOSQUITTO_CONF).read_text().rstrip("\n"))
+    return EXIT_OK
+
+
+def _relay(args: argparse.Namespace, settings: Settings) -> int:
+    from ingest.cli import broker_config
+    from ingest.runner import run_relay
+
+    logs.configure(settings.log_format, verbose=args.verbose)
+    config = broker_config(settings, client_id=f"aquafleet-relay-{socket.gethostname()}"[:60])
+    with Database.open(settings) as database:
+        run_relay(config, database.url)
     return EXIT_OK

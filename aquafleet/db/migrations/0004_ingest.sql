@@ -93,10 +93,10 @@ CREATE TABLE command_acks (
 );
 CREATE INDEX command_acks_cmd_idx ON command_acks (cmd_id);
 
--- Holes in a device's sequence within one boot. A hole is 'suspected' when seen; messages split
--- over several ingest workers arrive out of order, so it is judged only after a reorder window:
--- filled by then, it is deleted; still missing, a resend is asked for ('requested'); filled
--- later, by the replay, it is 'filled'.
+-- Holes in a device's sequence within one boot. Messages split over several ingest workers are
+-- stored out of order, so holes are looked for only among messages older than a reorder window,
+-- by a background scan (never on the write path). A hole found is 'suspected'; still missing when
+-- judged, a resend is asked for ('requested'); filled by the replay, it is 'filled'.
 CREATE TABLE sequence_gaps (
     device_id     text NOT NULL,
     boot          bigint NOT NULL,
@@ -113,6 +113,12 @@ CREATE TABLE sequence_gaps (
 );
 CREATE INDEX sequence_gaps_open_idx ON sequence_gaps (state, detected_at)
     WHERE state <> 'filled';
+
+-- How far (in device time) the gap scan has looked; one row, shared by all ingest workers.
+CREATE TABLE gap_scan_state (
+    id          integer PRIMARY KEY CHECK (id = 1),
+    scanned_to  timestamptz NOT NULL
+);
 
 -- Commands waiting to be published to devices (transactional outbox): written in the same
 -- transaction as what caused them, published by the command relay with the account allowed to

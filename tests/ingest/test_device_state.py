@@ -1,0 +1,206 @@
+"""Device state kept by ingest: presence from status and Will, birth data, gaps and resends."""
+
+from __future__ import annotations
+
+import random
+import uuid
+from collections.abc import Iterator
+
+import paho.mqtt.client as mqtt
+import psycopg
+import pytest
+from firmware_protocol import Command, Message, PresenceState, Resend, decode
+from paho.mqtt.enums import CallbackAPIVersion
+
+from aquafleet.db import Database
+from ingest import IngestConfig, IngestWorker
+from ingest.relay import CommandRelay
+from tests.fix_mqtt import MosquittoBroker
+from tests.ingest.conftest import DEVICES
+from tests.ingest.fleet import (
+    birth,
+    count,
+    now_ms,
+    publish_all,
+    scalar,
+    status,
+    telemetry,
+    wait_until,
+)
+
+A = DEVICES[0]
+
+
+@pytest.fixture
+def config(mqtt_broker: MosquittoBroker) -> IngestConfig:
+    name = f"state-{uuid.uuid4().hex[:8]}"
+    return IngestConfig(
+        host=mqtt_broker.host,
+        port=mqtt_broker.port,
+        client_id=name,
+        group=name,
+        batch_ms=10,
+        reorder_window_s=1.0,
+    )
+
+
+@pytest.fixture
+def worker(ledger_url: str, config: IngestConfig) -> Iterator[IngestWorker]:
+    worker = IngestWorker(config, Database(url=ledger_url))
+    worker.start()
+    try:
+        yield worker
+    finally:
+        worker.stop()
+
+
+def _state(url: str, column: str) -> object:
+    return scalar(url, f"SELECT {column} FROM device_state WHERE device_id = %s", (A,))
+
+
+def _publish_one_by_one(
+    broker: MosquittoBroker, worker: IngestWorker, messages: list[Message]
+) -> None:
+    # One at a time, so each is committed before the next: arrival order is the test's order.
+    for message in messages:
+        _publish_and_wait(broker, worker, message)
+
+
+def _publish_and_wait(broker: MosquittoBroker, worker: IngestWorker, message: Message) -> None:
+    target = worker.counters().received + 1
+    publish_all(broker.host, broker.port, [message])
+    wait_until(lambda: worker.counters().received >= target, message="received")
+
+
+def test_presence_follows_status_and_a_stale_will_is_ignored(
+    worker: IngestWorker, ledger_url: str, mqtt_broker: MosquittoBroker
+) -> None:
+    t = now_ms()
+    _publish_one_by_one(
+        mqtt_broker,
+        worker,
+        [
+            birth(A, boot=1, conn=1, seq=0, ts=t - 5000),
+            status(A, PresenceState.ONLINE, boot=1, conn=1, ts=t - 5000),
+            # the device reconnects (connection 2) before its first connection's Will arrives
+            status(A, PresenceState.ONLINE, boot=1, conn=2, ts=t - 1000),
+            status(A, PresenceState.LOST, boot=1, conn=1, ts=t - 5000),
+        ],
+    )
+    assert _state(ledger_url, "presence") == "online"
+    assert _state(ledger_url, "presence_conn") == 2
+
+    _publish_one_by_one(
+        mqtt_broker, worker, [status(A, PresenceState.LOST, boot=1, conn=2, ts=t - 1000)]
+    )
+    assert _state(ledger_url, "presence") == "lost"
+
+    # a reboot: a new boot's birth brings it back, with its firmware and configuration
+    _publish_one_by_one(
+        mqtt_broker, worker, [birth(A, boot=2, conn=1, seq=0, fw="3.0.0", config_version=12)]
+    )
+    assert _state(ledger_url, "presence") == "online"
+    assert _state(ledger_url, "firmware") == "3.0.0"
+    assert _state(ledger_url, "config_version") == 12
+    assert count(ledger_url, "device_presence", f"device_id = '{A}'") == 4
+
+
+def test_an_older_birth_does_not_overwrite_a_newer_one(
+    worker: IngestWorker, ledger_url: str, mqtt_broker: MosquittoBroker
+) -> None:
+    _publish_one_by_one(
+        mqtt_broker,
+        worker,
+        [birth(A, boot=5, conn=1, fw="3.1.0"), birth(A, boot=4, conn=9, fw="2.0.0")],
+    )
+    assert _state(ledger_url, "firmware") == "3.1.0"
+    assert _state(ledger_url, "boot") == 5
+
+
+def test_last_seen_moves_with_every_message(
+    worker: IngestWorker, ledger_url: str, mqtt_broker: MosquittoBroker
+) -> None:
+    publish_all(mqtt_broker.host, mqtt_broker.port, [telemetry(A, 1)])
+    wait_until(lambda: _state(ledger_url, "last_seen_at") is not None, message="last seen")
+    first = _state(ledger_url, "last_seen_at")
+    publish_all(mqtt_broker.host, mqtt_broker.port, [telemetry(A, 2)])
+    wait_until(lambda: _state(ledger_url, "last_seen_at") != first, message="last seen moved")
+
+
+def test_a_gap_is_recorded_a_resend_asked_for_and_the_replay_fills_it(
+    worker: IngestWorker, ledger_url: str, mqtt_broker: MosquittoBroker, config: IngestConfig
+) -> None:
+    sent = {seq: telemetry(A, seq) for seq in range(1, 21)}
+    lost = {11, 12, 13}
+    device_commands: list[bytes] = []
+    device = mqtt.Client(CallbackAPIVersion.VERSION2, client_id=f"{A}-dev", protocol=mqtt.MQTTv5)
+    device.on_message = lambda c, u, m: device_commands.append(bytes(m.payload))
+    device.connect(mqtt_broker.host, mqtt_broker.port)
+    device.subscribe(f"aquafleet/v1/{A}/cmd", qos=1)
+    device.loop_start()
+    relay = CommandRelay(config, Database(url=ledger_url), every_s=0.2)
+    relay.start()
+    try:
+        publish_all(
+            mqtt_broker.host,
+            mqtt_broker.port,
+            [m for seq, m in sent.items() if seq not in lost],
+        )
+
+        wait_until(
+            lambda: count(ledger_url, "sequence_gaps", "state = 'requested'") == 1,
+            timeout=20,
+            message="the gap requested",
+        )
+        with psycopg.connect(ledger_url) as conn:
+            gap = conn.execute(
+                "SELECT device_id, boot, from_seq, to_seq, resend_cmd_id FROM sequence_gaps"
+            ).fetchone()
+        assert gap is not None
+        assert gap[:4] == (A, 1, 11, 13)
+        wait_until(lambda: len(device_commands) == 1, message="the resend at the device")
+        command = decode(f"aquafleet/v1/{A}/cmd", device_commands[0], received_at_ms=now_ms())
+        assert isinstance(command, Command)
+        assert command.id == gap[4]
+        assert command.body == Resend(boot=1, from_seq=11, to_seq=13)
+        assert count(ledger_url, "command_outbox", "sent_at IS NOT NULL") == 1
+
+        # The device replays what it kept, flagged historical.
+        replay = [telemetry(A, seq, ts=sent[seq].ts, hist=True) for seq in sorted(lost)]
+        publish_all(mqtt_broker.host, mqtt_broker.port, replay)
+
+        wait_until(
+            lambda: count(ledger_url, "sequence_gaps", "state = 'filled'") == 1,
+            timeout=20,
+            message="the gap filled",
+        )
+        assert count(ledger_url, "telemetry", "historical") == 3
+        assert count(ledger_url, "telemetry") == 20
+        assert worker.counters().gaps_detected == 1
+    finally:
+        relay.stop()
+        device.loop_stop()
+        device.disconnect()
+
+
+def test_reordering_within_the_window_is_not_a_gap(
+    worker: IngestWorker, ledger_url: str, mqtt_broker: MosquittoBroker
+) -> None:
+    messages = [telemetry(A, seq) for seq in range(1, 41)]
+    random.Random(7).shuffle(messages)
+
+    publish_all(mqtt_broker.host, mqtt_broker.port, messages)
+
+    wait_until(lambda: count(ledger_url, "telemetry") == 40, message="all stored")
+    # the scan has looked past these messages
+    wait_until(
+        lambda: bool(
+            scalar(
+                ledger_url,
+                "SELECT scanned_to > (SELECT max(time) FROM message_keys) FROM gap_scan_state",
+            )
+        ),
+        timeout=20,
+        message="the scan past the messages",
+    )
+    assert count(ledger_url, "sequence_gaps") == 0
