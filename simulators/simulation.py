@@ -277,7 +277,9 @@ class Simulation:
             self.timeline.add(
                 repair.at.resolve(self.config.start_ms) if repair.at else t0, "repair", repair
             )
-        for when, what, item in self.timeline.due(t1):
+        # Due at or before this tick's start: the readings of the tick (stamped t0 + phase) then
+        # show it, and none stamped before its time does.
+        for when, what, item in self.timeline.due(t0):
             at = max(when, t0)
             if what == "start":
                 self._start(item, at)
