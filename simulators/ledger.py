@@ -67,8 +67,8 @@ class MachineSpec:
 
 
 def _protocol_class(device_class: DeviceClass) -> MachineClass:
-    # The ledger calls a campus purifier "campus"; the protocol names the machine kind.
-    return MachineClass.PURIFIER if device_class is DeviceClass.CAMPUS else MachineClass.VENDING
+    # The ledger and the protocol share the class names (campus, vending).
+    return MachineClass(device_class.value)
 
 
 def machines_from_ledger(ledger: LedgerFile) -> tuple[MachineSpec, ...]:

@@ -336,10 +336,8 @@ class _Reader:
             raise self.fail(key, "needs exactly one of devices, share or count")
         machine_class = None
         if "class" in item:
-            text = self.check(
-                _choice("campus", "purifier", "vending"), item["class"], f"{key}.class"
-            )
-            machine_class = MachineClass.VENDING if text == "vending" else MachineClass.PURIFIER
+            text = self.check(_choice("campus", "vending"), item["class"], f"{key}.class")
+            machine_class = MachineClass(text)
         lot = self.check(_text, item["lot"], f"{key}.lot") if "lot" in item else None
         site = self.check(_text, item["site"], f"{key}.site") if "site" in item else None
         return Selector(devices, share, count, machine_class, lot, site)

@@ -244,7 +244,7 @@ static const char *const fault_names[] = {
     "compressor_failure", "payment_fault", "door_open", "power_loss",
     "sensor_fault", "clock_drift", "offline", "flapping", "telemetry_gap"};
 static const char *const cart_names[] = {"pp", "carbon", "ro", "post", "mineral"};
-static const char *const class_names[] = {"purifier", "vending"};
+static const char *const class_names[] = {"campus", "vending"};
 static const char *const event_names[] = {
     "fault_raised", "fault_cleared", "door_opened", "door_closed", "payment",
     "reboot", "cartridge_replaced"};

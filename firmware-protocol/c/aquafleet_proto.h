@@ -174,7 +174,7 @@ typedef struct {
 
 /* ---- messages --------------------------------------------------------- */
 
-typedef enum { AFP_CLASS_PURIFIER, AFP_CLASS_VENDING } afp_machine_class;
+typedef enum { AFP_CLASS_CAMPUS, AFP_CLASS_VENDING } afp_machine_class;
 
 typedef struct {
     afp_header h;              /* h.hist must be false */

@@ -154,7 +154,7 @@ static void births(void)
     b.hw = "B3";
     b.model = "AQ-RO-400HC";
     b.serial = "AQ400-000117";
-    b.machine_class = AFP_CLASS_PURIFIER;
+    b.machine_class = AFP_CLASS_CAMPUS;
     b.config.version = 3;
     b.config.present = AFP_BIT(AFP_CFG_TELEMETRY_INTERVAL_S) | AFP_BIT(AFP_CFG_HOT_SETPOINT) |
                        AFP_BIT(AFP_CFG_COLD_SETPOINT) | AFP_BIT(AFP_CFG_UV_LAMP_LIFE_H) |

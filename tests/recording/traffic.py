@@ -108,7 +108,7 @@ def _device_messages(i: int, device_id: str, start_ms: int, readings: int) -> li
                 ts=ts,
                 fw="1.5.0",
                 model="AQ-V800" if vending else "AQ-C200",
-                machine_class=MachineClass.VENDING if vending else MachineClass.PURIFIER,
+                machine_class=MachineClass.VENDING if vending else MachineClass.CAMPUS,
                 config=Config(version=2, telemetry_interval_s=60),
                 stages=(
                     CartridgeStage(

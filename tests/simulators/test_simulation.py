@@ -203,7 +203,7 @@ def _check(code: FaultCode, ts: list[Telemetry], msgs: list[Message]) -> bool:
 @pytest.fixture(scope="module")
 def every_fault() -> tuple[dict[FaultCode, str], MemorySink, GroundTruth, list[Outgoing]]:
     machines = fleet(40)
-    campus = of_class(machines, MachineClass.PURIFIER)
+    campus = of_class(machines, MachineClass.CAMPUS)
     vending = of_class(machines, MachineClass.VENDING)
     chosen: dict[FaultCode, str] = {}
     faults: list[dict[str, Any]] = []
@@ -331,7 +331,7 @@ def test_batch_defect_fails_one_lot_far_more() -> None:
 
 def test_repair_clears_a_fault_and_it_recurs() -> None:
     machines = fleet(6)
-    device = of_class(machines, MachineClass.PURIFIER)[0]
+    device = of_class(machines, MachineClass.CAMPUS)[0]
     scenario = {
         "faults": [{"fault": "membrane_failed", "devices": [device], "at": "+1h",
                     "recur_after": "2h"}],

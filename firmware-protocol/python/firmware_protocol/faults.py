@@ -15,7 +15,7 @@ __all__ = ["FAULT_TABLE", "FaultCode", "FaultSource", "FaultSpec", "MachineClass
 
 
 class MachineClass(StrEnum):
-    PURIFIER = "purifier"
+    CAMPUS = "campus"
     VENDING = "vending"
 
 
@@ -88,7 +88,7 @@ class FaultSpec:
 
 
 _BOTH = frozenset(MachineClass)
-_PURIFIER = frozenset({MachineClass.PURIFIER})
+_CAMPUS_ONLY = frozenset({MachineClass.CAMPUS})
 _VENDING = frozenset({MachineClass.VENDING})
 
 
@@ -230,7 +230,7 @@ FAULT_TABLE: Mapping[FaultCode, FaultSpec] = MappingProxyType(
                 FaultCode.HEATER_FAILURE,
                 "hot tank does not heat",
                 Severity.MAJOR,
-                _PURIFIER,
+                _CAMPUS_ONLY,
                 ("heater_on", "hot_temp"),
                 "heater_on and hot_temp < config.hot_setpoint - 15 C for 30 min",
                 FaultSource.BOTH,
@@ -239,7 +239,7 @@ FAULT_TABLE: Mapping[FaultCode, FaultSpec] = MappingProxyType(
                 FaultCode.HOT_OVERTEMP,
                 "hot tank over 100 C",
                 Severity.CRITICAL,
-                _PURIFIER,
+                _CAMPUS_ONLY,
                 ("hot_temp",),
                 "hot_temp > 100 C (immediate)",
                 FaultSource.BOTH,
@@ -248,7 +248,7 @@ FAULT_TABLE: Mapping[FaultCode, FaultSpec] = MappingProxyType(
                 FaultCode.COMPRESSOR_FAILURE,
                 "cold tank does not cool",
                 Severity.MAJOR,
-                _PURIFIER,
+                _CAMPUS_ONLY,
                 ("compressor_on", "cold_temp"),
                 "compressor_on and cold_temp > 12 C for 60 min; or > 6 starts per hour",
                 FaultSource.BOTH,
