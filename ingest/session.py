@@ -43,6 +43,9 @@ log = logging.getLogger("ingest.session")
 
 _LOOP_TIMEOUT_S = 0.01
 _CONNECT_TIMEOUT_S = 10.0
+# Some 3.1.1-only brokers never answer an MQTT 5 CONNECT; protocol detection gives up this soon.
+_DETECT_TIMEOUT_S = 3.0
+_TIMED_OUT = "timed out waiting for the broker"
 # MQTT 5 CONNACK reason codes that no retry will change, and their 3.1.1 counterparts.
 _FATAL_CONNACK = {
     "Unsupported protocol version",
@@ -186,8 +189,11 @@ class MqttSession:
         attempts = 0
         while not self._stop.is_set():
             attempts += 1
+            detecting = cfg.protocol == Protocol.AUTO and self._protocol == mqtt.MQTTv5
             try:
-                accepted, reason = self._handshake()
+                accepted, reason = self._handshake(
+                    _DETECT_TIMEOUT_S if detecting else _CONNECT_TIMEOUT_S
+                )
             except OSError as exc:
                 if attempts >= 3:
                     log.warning(
@@ -206,13 +212,11 @@ class MqttSession:
                 continue
             if accepted:
                 return
-            if (
-                cfg.protocol == Protocol.AUTO
-                and self._protocol == mqtt.MQTTv5
-                and reason in (None, "Unsupported protocol version")
-            ):
-                # A 3.1.1-only broker refuses (or just drops) an MQTT 5 CONNECT.
+            if detecting and reason in (None, "Unsupported protocol version", _TIMED_OUT):
+                # A 3.1.1-only broker refuses, drops or ignores an MQTT 5 CONNECT.
                 log.info("broker does not speak MQTT 5; using 3.1.1", extra={"event": "mqtt311"})
+                with contextlib.suppress(OSError, ValueError):
+                    self._client.disconnect()
                 self._protocol = mqtt.MQTTv311
                 self._client = self._make_client()
                 continue
@@ -222,7 +226,7 @@ class MqttSession:
             delay = min(delay * 2, cfg.reconnect_max_s)
         raise BrokerUnavailable("stopped before the broker accepted the connection")
 
-    def _handshake(self) -> tuple[bool, str | None]:
+    def _handshake(self, timeout: float = _CONNECT_TIMEOUT_S) -> tuple[bool, str | None]:
         """Connect and wait for CONNACK and SUBACK; (accepted, refusal reason)."""
         cfg = self._config
         self._connack = None
@@ -238,9 +242,13 @@ class MqttSession:
             )
         else:
             self._client.connect(cfg.host, cfg.port, keepalive=cfg.keepalive_s)
-        deadline = time.monotonic() + _CONNECT_TIMEOUT_S
+        deadline = time.monotonic() + timeout
         while time.monotonic() < deadline and not self._stop.is_set():
-            rc = self._client.loop(0.05)
+            try:
+                rc = self._client.loop(0.05)
+            except OSError:
+                # The broker closed the socket under paho (after refusing the CONNECT, say).
+                rc = MQTTErrorCode.MQTT_ERR_CONN_LOST
             if self._connack is not None and not self._connack[0]:
                 return self._connack
             if self.ready.is_set():
@@ -257,7 +265,7 @@ class MqttSession:
                 return True, None
             if rc != MQTTErrorCode.MQTT_ERR_SUCCESS:
                 return False, self._connack[1] if self._connack else None
-        return False, "timed out waiting for the broker"
+        return False, _TIMED_OUT
 
     # -- paho callbacks (loop thread) -----------------------------------------------------------
 
@@ -388,7 +396,10 @@ class MqttSession:
                     self._send_acks()
                     time.sleep(_LOOP_TIMEOUT_S)
                 else:
-                    rc = client.loop(_LOOP_TIMEOUT_S)
+                    try:
+                        rc = client.loop(_LOOP_TIMEOUT_S)
+                    except OSError:
+                        rc = MQTTErrorCode.MQTT_ERR_CONN_LOST
                     self._send_acks()
                     if rc != MQTTErrorCode.MQTT_ERR_SUCCESS and self._connected:
                         self._connected = False

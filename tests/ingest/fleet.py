@@ -123,7 +123,7 @@ def birth(
         ts=now_ms() if ts is None else ts,
         fw=fw,
         model="RO-500",
-        machine_class=MachineClass.PURIFIER,
+        machine_class=MachineClass.CAMPUS,
         config=Config(version=config_version, telemetry_interval_s=60, hot_setpoint=92.0),
         stages=(
             CartridgeStage(
@@ -191,8 +191,9 @@ def publisher(
     client_id: str = "",
     username: str | None = None,
     password: str | None = None,
+    protocol: int = mqtt.MQTTv5,
 ) -> mqtt.Client:
-    client = mqtt.Client(CallbackAPIVersion.VERSION2, client_id=client_id, protocol=mqtt.MQTTv5)
+    client = mqtt.Client(CallbackAPIVersion.VERSION2, client_id=client_id, protocol=protocol)
     if username is not None:
         client.username_pw_set(username, password)
     client.max_inflight_messages_set(500)
@@ -210,9 +211,10 @@ def publish_all(
     qos: int = 1,
     retain: bool = False,
     pace_per_s: float | None = None,
+    protocol: int = mqtt.MQTTv5,
 ) -> None:
     """Publish and wait until the broker acknowledged every message."""
-    client = publisher(host, port)
+    client = publisher(host, port, protocol=protocol)
     try:
         infos = []
         started = time.monotonic()
