@@ -27,7 +27,7 @@ from firmware_protocol import (
     encode,
     topic_for,
 )
-from paho.mqtt.enums import CallbackAPIVersion
+from paho.mqtt.enums import CallbackAPIVersion, MQTTProtocolVersion
 
 from aquafleet.config import Settings
 from aquafleet.db import Database, migrate
@@ -191,7 +191,7 @@ def publisher(
     client_id: str = "",
     username: str | None = None,
     password: str | None = None,
-    protocol: int = mqtt.MQTTv5,
+    protocol: MQTTProtocolVersion = mqtt.MQTTv5,
 ) -> mqtt.Client:
     client = mqtt.Client(CallbackAPIVersion.VERSION2, client_id=client_id, protocol=protocol)
     if username is not None:
@@ -211,7 +211,7 @@ def publish_all(
     qos: int = 1,
     retain: bool = False,
     pace_per_s: float | None = None,
-    protocol: int = mqtt.MQTTv5,
+    protocol: MQTTProtocolVersion = mqtt.MQTTv5,
 ) -> None:
     """Publish and wait until the broker acknowledged every message."""
     client = publisher(host, port, protocol=protocol)
