@@ -62,6 +62,7 @@ def _list(args: argparse.Namespace, settings: Settings) -> int:
                         "site_id": d.site_id,
                         "status": d.status.value,
                         "part_suppliers": d.part_suppliers,
+                        "gateway_id": d.gateway_id,
                     },
                     ensure_ascii=False,
                 )

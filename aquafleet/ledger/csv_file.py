@@ -41,6 +41,7 @@ REQUIRED_COLUMNS: tuple[str, ...] = (
 OPTIONAL_COLUMNS: tuple[str, ...] = (
     "site_timezone",
     "status",
+    "gateway_id",
     *(f"supplier_{part}" for part in REPLACEABLE_PARTS),
 )
 COLUMNS: tuple[str, ...] = REQUIRED_COLUMNS + OPTIONAL_COLUMNS
@@ -117,8 +118,13 @@ def read_ledger_csv(path: Path, *, default_timezone: str, today: date | None = N
             devices[device.device_id] = (line, device)
     except csv.Error as exc:
         problems.append(RowProblem(reader.line_num, f"malformed CSV: {exc}"))
+    problems.extend(
+        RowProblem(line, f"gateway_id {device.gateway_id} is a machine's device_id")
+        for line, device in devices.values()
+        if device.gateway_id is not None and device.gateway_id in devices
+    )
     if problems:
-        raise LedgerImportError(str(path), problems)
+        raise LedgerImportError(str(path), sorted(problems, key=lambda p: p.line))
     if not devices:
         raise LedgerImportError(str(path), [RowProblem(1, "the file has no device rows")])
     return LedgerFile(
@@ -188,6 +194,9 @@ def _parse_row(row: dict[str, str], default_timezone: str, today: date) -> tuple
     except (ZoneInfoNotFoundError, ValueError):
         raise ValueError(f"site_timezone {timezone!r} is not an IANA time zone") from None
     status_text = _field(row, "status", required=False) or DeviceStatus.ACTIVE.value
+    gateway_id = _field(row, "gateway_id", required=False) or None
+    if gateway_id is not None and not DEVICE_ID_PATTERN.match(gateway_id):
+        raise ValueError(f"gateway_id {gateway_id!r} must be 3-64 letters, digits, '-' or '_'")
     suppliers = {
         part: supplier
         for part in REPLACEABLE_PARTS
@@ -211,5 +220,6 @@ def _parse_row(row: dict[str, str], default_timezone: str, today: date) -> tuple
         site_id=site.site_id,
         status=_choice(DeviceStatus, "status", status_text),
         part_suppliers=suppliers,
+        gateway_id=gateway_id,
     )
     return site, device

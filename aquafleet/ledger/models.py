@@ -59,3 +59,5 @@ class Device:
     site_id: str
     status: DeviceStatus = DeviceStatus.ACTIVE
     part_suppliers: dict[str, str] = field(default_factory=dict)
+    # the gateway this machine reaches the broker through; None when it connects itself
+    gateway_id: str | None = None

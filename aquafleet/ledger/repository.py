@@ -28,24 +28,25 @@ RETURNING (xmax = 0) AS inserted
 
 _UPSERT_DEVICE = """
 INSERT INTO devices (device_id, class, model, hardware_lot, firmware, install_date, site_id,
-                     part_suppliers, status)
-VALUES (%s, %s, %s, %s, %s, %s, %s, %s, %s)
+                     part_suppliers, status, gateway_id)
+VALUES (%s, %s, %s, %s, %s, %s, %s, %s, %s, %s)
 ON CONFLICT (device_id) DO UPDATE SET
     class = EXCLUDED.class, model = EXCLUDED.model, hardware_lot = EXCLUDED.hardware_lot,
     firmware = EXCLUDED.firmware, install_date = EXCLUDED.install_date,
     site_id = EXCLUDED.site_id, part_suppliers = EXCLUDED.part_suppliers,
-    status = EXCLUDED.status, updated_at = now()
+    status = EXCLUDED.status, gateway_id = EXCLUDED.gateway_id, updated_at = now()
 WHERE (devices.class, devices.model, devices.hardware_lot, devices.firmware,
-       devices.install_date, devices.site_id, devices.part_suppliers, devices.status)
+       devices.install_date, devices.site_id, devices.part_suppliers, devices.status,
+       devices.gateway_id)
     IS DISTINCT FROM (EXCLUDED.class, EXCLUDED.model, EXCLUDED.hardware_lot, EXCLUDED.firmware,
                       EXCLUDED.install_date, EXCLUDED.site_id, EXCLUDED.part_suppliers,
-                      EXCLUDED.status)
+                      EXCLUDED.status, EXCLUDED.gateway_id)
 RETURNING (xmax = 0) AS inserted
 """
 
 _LIST_DEVICES = """
 SELECT d.device_id, d.class, d.model, d.hardware_lot, d.firmware, d.install_date, d.site_id,
-       d.part_suppliers, d.status
+       d.part_suppliers, d.status, d.gateway_id
 FROM devices d
 WHERE (%(site_id)s::text IS NULL OR d.site_id = %(site_id)s)
   AND (%(class)s::text IS NULL OR d.class = %(class)s)
@@ -90,6 +91,7 @@ class LedgerRepository:
                             d.site_id,
                             Jsonb(d.part_suppliers),
                             d.status.value,
+                            d.gateway_id,
                         ),
                     ).fetchone()
                     for d in ledger.devices
@@ -123,6 +125,7 @@ class LedgerRepository:
                 site_id=row["site_id"],
                 status=DeviceStatus(row["status"]),
                 part_suppliers=dict(row["part_suppliers"]),
+                gateway_id=row["gateway_id"],
             )
             for row in rows
         ]

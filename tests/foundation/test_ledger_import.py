@@ -237,3 +237,41 @@ def test_a_spreadsheet_export_with_bom_and_crlf_is_accepted(
 
     assert result.returncode == 0, result.stderr
     assert _device_count(env["AQUAFLEET_DATABASE_URL"]) == 3
+
+
+def test_machines_behind_a_gateway_record_it(
+    run_cli: RunCli, env: dict[str, str], tmp_path: Path
+) -> None:
+    header = HEADER + ",gateway_id"
+    rows = [GOOD_ROWS[0] + ",GW-NJU-01", GOOD_ROWS[1] + ",GW-NJU-01", GOOD_ROWS[2] + ","]
+
+    result = run_cli("devices", "import", str(_write(tmp_path, rows, header=header)), env=env)
+
+    assert result.returncode == 0, result.stderr
+    listed = {
+        d["device_id"]: d["gateway_id"]
+        for d in map(
+            json.loads, run_cli("devices", "list", "--json", env=env).stdout.split("\n")[:-1]
+        )
+    }
+    assert listed == {"AQ-C-0001": "GW-NJU-01", "AQ-C-0002": "GW-NJU-01", "AQ-V-0001": None}
+
+
+@pytest.mark.parametrize(
+    ("gateway", "reason"),
+    [
+        ("GW/1", "gateway_id 'GW/1' must be 3-64 letters"),
+        ("AQ-V-0001", "gateway_id AQ-V-0001 is a machine's device_id"),
+    ],
+)
+def test_a_bad_gateway_id_is_refused(
+    run_cli: RunCli, env: dict[str, str], tmp_path: Path, gateway: str, reason: str
+) -> None:
+    header = HEADER + ",gateway_id"
+    rows = [GOOD_ROWS[0] + f",{gateway}", GOOD_ROWS[1] + ",", GOOD_ROWS[2] + ","]
+
+    result = run_cli("devices", "import", str(_write(tmp_path, rows, header=header)), env=env)
+
+    assert result.returncode == 1
+    assert f"line 2: {reason}" in result.stderr
+    assert _device_count(env["AQUAFLEET_DATABASE_URL"]) == 0
