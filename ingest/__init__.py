@@ -5,6 +5,8 @@ with its reason. Run it with ``aquafleet ingest``; embed it with `IngestWorker`:
 
     worker = IngestWorker(IngestConfig(host="127.0.0.1", port=1883), Database(url=...))
     worker.start()          # returns once the broker accepted the session
+                            # (writer_process=True: decode and write in a child process, as
+                            # `aquafleet ingest` does; the default, a thread, starts faster)
     worker.counters()       # received, stored, duplicates, quarantined, ...
     worker.stop()           # stores and acknowledges what it holds, then disconnects
 """

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from typing import Final
 
-from firmware_protocol import METRIC_NAMES
+from firmware_protocol import BOOL_METRICS, INT_METRICS, METRIC_NAMES
 
 _METRICS = ", ".join(METRIC_NAMES)
 
@@ -17,73 +17,47 @@ def _ms(column: str) -> str:
     return f"(timestamptz 'epoch' + {column} * interval '1 millisecond')"
 
 
-# Temporary staging tables, one set per connection, emptied at every commit. COPY into them has
-# no index to maintain; the INSERT ... SELECT that follows applies the keys.
+# Binary COPY sends times as int8: PostgreSQL's binary timestamptz is the same 8-byte integer
+# (microseconds since 2000-01-01), and the server reads it by the column's type. jsonb columns
+# get bytea-typed values already in binary jsonb form.
+# The telemetry columns of 0003 hold these integer metrics in these types; the others are bool
+# or float8, as the codec's metric sets say.
+_INT_COLUMN_TYPES = {
+    "payment_error": "int4", "sales_count": "int8", "sales_amount": "int8", "rssi": "int4",
+    "uptime": "int8",
+}  # fmt: skip
+if set(_INT_COLUMN_TYPES) != INT_METRICS:  # pragma: no cover - a codec change must come here
+    raise RuntimeError("ingest's integer metric columns no longer match firmware_protocol")
+_METRIC_TYPES = tuple(
+    "bool" if n in BOOL_METRICS else _INT_COLUMN_TYPES.get(n, "float8") for n in METRIC_NAMES
+)
+
+# The message keys go straight into message_keys; a batch holding a key already taken makes
+# that COPY fail (inside a savepoint), and the batch then takes the staging path below.
+COPY_KEYS: Final = (
+    "COPY message_keys (device_id, boot, seq, kind, time, received_at) FROM STDIN BINARY"
+)
+KEY_TYPES: Final = ("text", "int8", "int8", "text", "int8", "int8")
+
+# The staging path, for batches with duplicates: a temporary table per connection, emptied at
+# every commit.
 CREATE_STAGING: Final = """
 CREATE TEMP TABLE IF NOT EXISTS stage_keys (
-    idx integer, device_id text, boot bigint, seq bigint, ts_ms bigint, received_ms bigint,
-    kind text
-) ON COMMIT DELETE ROWS;
-CREATE TEMP TABLE IF NOT EXISTS stage_telemetry (
-    idx integer, device_id text, boot bigint, seq bigint, ts_ms bigint, received_ms bigint,
-    historical boolean,
-    tds_in float8, tds_out float8, feed_temp float8, inlet_pressure float8, prefilter_dp float8,
-    permeate_flow float8, dispense_flow float8, volume_total float8, tank_level float8,
-    pump_current float8, hot_temp float8, cold_temp float8, uv_intensity float8, uv_hours float8,
-    leak boolean, door_open boolean, mains_ok boolean, heater_on boolean, compressor_on boolean,
-    pump_on boolean, uv_on boolean, payment_ok boolean,
-    payment_error integer, sales_count bigint, sales_amount bigint, rssi integer, uptime bigint,
-    stages text
-) ON COMMIT DELETE ROWS;
-CREATE TEMP TABLE IF NOT EXISTS stage_events (
-    idx integer, device_id text, boot bigint, seq bigint, ts_ms bigint, received_ms bigint,
-    historical boolean, kind text, code text, value float8, detail text, body text
-) ON COMMIT DELETE ROWS;
+    idx integer, device_id text, boot bigint, seq bigint, kind text, time timestamptz,
+    received_at timestamptz
+) ON COMMIT DELETE ROWS
 """
-
-# The staging columns are declared in METRIC_NAMES order; this checks it at import.
-_STAGE_METRICS = (
-    "tds_in", "tds_out", "feed_temp", "inlet_pressure", "prefilter_dp", "permeate_flow",
-    "dispense_flow", "volume_total", "tank_level", "pump_current", "hot_temp", "cold_temp",
-    "uv_intensity", "uv_hours", "leak", "door_open", "mains_ok", "heater_on", "compressor_on",
-    "pump_on", "uv_on", "payment_ok", "payment_error", "sales_count", "sales_amount", "rssi",
-    "uptime",
-)  # fmt: skip
-if tuple(_STAGE_METRICS) != METRIC_NAMES:  # pragma: no cover - a codec change must come here
-    raise RuntimeError("ingest staging columns no longer match firmware_protocol.METRIC_NAMES")
-
-COPY_KEYS: Final = (
-    "COPY stage_keys (idx, device_id, boot, seq, ts_ms, received_ms, kind) FROM STDIN BINARY"
+COPY_STAGE_KEYS: Final = (
+    "COPY stage_keys (idx, device_id, boot, seq, kind, time, received_at) FROM STDIN BINARY"
 )
-KEY_TYPES: Final = ("int4", "text", "int8", "int8", "int8", "int8", "text")
+STAGE_KEY_TYPES: Final = ("int4", "text", "int8", "int8", "text", "int8", "int8")
 
-COPY_TELEMETRY: Final = (
-    "COPY stage_telemetry (idx, device_id, boot, seq, ts_ms, received_ms, historical, "
-    f"{_METRICS}, stages) FROM STDIN BINARY"
-)
-TELEMETRY_TYPES: Final = (
-    ("int4", "text", "int8", "int8", "int8", "int8", "bool")
-    + ("float8",) * 14
-    + ("bool",) * 8
-    + ("int4", "int8", "int8", "int4", "int8")
-    + ("text",)
-)
-
-COPY_EVENTS: Final = (
-    "COPY stage_events (idx, device_id, boot, seq, ts_ms, received_ms, historical, kind, code, "
-    "value, detail, body) FROM STDIN BINARY"
-)
-EVENT_TYPES: Final = (
-    "int4", "text", "int8", "int8", "int8", "int8", "bool", "text", "text", "float8", "text",
-    "text",
-)  # fmt: skip
-
-# Claim the keys; returns the batch positions whose key was already taken. Sorted, so that two
-# workers claiming overlapping keys lock them in the same order.
-CLAIM_KEYS: Final = f"""
+# Claim the staged keys; returns the batch positions whose key was already taken. Sorted, so
+# that two workers claiming overlapping keys lock them in the same order.
+CLAIM_KEYS: Final = """
 WITH claimed AS (
     INSERT INTO message_keys (device_id, boot, seq, kind, time, received_at)
-    SELECT device_id, boot, seq, kind, {_ms("ts_ms")}, {_ms("received_ms")}
+    SELECT device_id, boot, seq, kind, time, received_at
     FROM stage_keys ORDER BY device_id, boot, seq
     ON CONFLICT DO NOTHING
     RETURNING device_id, boot, seq
@@ -97,29 +71,26 @@ WHERE NOT EXISTS (
 
 # For the positions whose key was taken: is the stored message the same one (a redelivery or a
 # replay), or another one under the same sequence number?
-CLASSIFY_TAKEN: Final = f"""
-SELECT s.idx, (k.kind = s.kind AND k.time = {_ms("s.ts_ms")}), k.kind,
+CLASSIFY_TAKEN: Final = """
+SELECT s.idx, (k.kind = s.kind AND k.time = s.time), k.kind,
        (extract(epoch FROM k.time) * 1000)::bigint
 FROM stage_keys s JOIN message_keys k USING (device_id, boot, seq)
 WHERE s.idx = ANY(%s)
 """
 
-INSERT_TELEMETRY: Final = f"""
-INSERT INTO telemetry (time, device_id, boot, seq, received_at, historical, {_METRICS}, stages)
-SELECT {_ms("ts_ms")}, device_id, boot, seq, {_ms("received_ms")}, historical, {_METRICS},
-       stages::jsonb
-FROM stage_telemetry WHERE idx <> ALL(%s)
-ON CONFLICT DO NOTHING
-"""
+COPY_TELEMETRY: Final = (
+    "COPY telemetry (time, device_id, boot, seq, received_at, historical, "
+    f"{_METRICS}, stages) FROM STDIN BINARY"
+)
+TELEMETRY_TYPES: Final = ("int8", "text", "int8", "int8", "int8", "bool", *_METRIC_TYPES, "bytea")
 
-INSERT_EVENTS: Final = f"""
-INSERT INTO device_events
-    (time, device_id, boot, seq, received_at, historical, kind, code, value, detail, body)
-SELECT {_ms("ts_ms")}, device_id, boot, seq, {_ms("received_ms")}, historical, kind, code, value,
-       detail, body::jsonb
-FROM stage_events WHERE idx <> ALL(%s)
-ON CONFLICT DO NOTHING
-"""
+COPY_EVENTS: Final = (
+    "COPY device_events (time, device_id, boot, seq, received_at, historical, kind, code, "
+    "value, detail, body) FROM STDIN BINARY"
+)
+EVENT_TYPES: Final = (
+    "int8", "text", "int8", "int8", "int8", "bool", "text", "text", "float8", "text", "bytea",
+)  # fmt: skip
 
 INSERT_ACK: Final = f"""
 INSERT INTO command_acks
@@ -138,7 +109,7 @@ COPY_QUARANTINE: Final = (
     "COPY quarantine (received_at, topic, device_id, reason, detail, payload, payload_bytes) "
     "FROM STDIN BINARY"
 )
-QUARANTINE_TYPES: Final = ("timestamptz", "text", "text", "text", "text", "bytea", "int4")
+QUARANTINE_TYPES: Final = ("int8", "text", "text", "text", "text", "bytea", "int4")
 
 # Last seen, for every device of the batch, in device order (one lock order for all workers).
 # It also creates the state row, which the birth and status updates below then find.

@@ -40,7 +40,7 @@ class Batcher:
             if not queue:
                 return []
         # Wait for the batch to fill, at most until its first message is max_wait_s old.
-        deadline = queue[0].received_ms / 1000 + self.max_wait_s
+        deadline = queue[0][4] / 1000 + self.max_wait_s  # [4]: received_ms
         while len(queue) < self.max_rows and not stop.is_set():
             remaining = deadline - time.time()
             if remaining <= 0:

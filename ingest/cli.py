@@ -102,6 +102,12 @@ def register(commands: argparse._SubParsersAction) -> None:  # type: ignore[type
         help="seconds a sequence hole may stay open before a resend is asked for (default: 10)",
     )
     parser.add_argument(
+        "--writer",
+        choices=["process", "thread"],
+        default="process",
+        help="decode and write in a process of their own (default) or a thread of the worker",
+    )
+    parser.add_argument(
         "--relay-commands",
         action="store_true",
         help="also publish queued commands (resend requests); needs an account allowed to "
@@ -166,6 +172,7 @@ def _ingest(args: argparse.Namespace, settings: Settings) -> int:
                 log_format=settings.log_format,
                 verbose=args.verbose,
                 relay_commands=args.relay_commands,
+                writer_process=args.writer == "process",
             ),
         )
     return EXIT_OK

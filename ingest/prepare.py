@@ -34,11 +34,28 @@ from ingest.config import IngestConfig
 from ingest.quarantine import QuarantineRecord
 from ingest.session import Inbound
 
-# Row layouts, in the column order of the staging tables in ingest/_sql.py.
-# key:       idx, device_id, boot, seq, ts_ms, received_ms, kind
-# telemetry: idx, device_id, boot, seq, ts_ms, received_ms, hist, *metrics, stages
-# event:     idx, device_id, boot, seq, ts_ms, received_ms, hist, kind, code, value, detail, body
+# Row layouts; after idx, the column order of the COPY statements in ingest/_sql.py. Times are
+# in PostgreSQL's binary timestamptz unit (microseconds since 2000-01-01 UTC), jsonb values in
+# its binary jsonb form (a version byte, then the text), so COPY sends them as they are.
+# key:       idx, device_id, boot, seq, kind, time, received_at
+# telemetry: idx, time, device_id, boot, seq, received_at, hist, *metrics, stages
+# event:     idx, time, device_id, boot, seq, received_at, hist, kind, code, value, detail, body
 Row = tuple[Any, ...]
+
+PG_EPOCH_US = 946_684_800_000_000  # 2000-01-01T00:00:00Z in microseconds since 1970
+
+
+def pg_time(ms: int) -> int:
+    """Milliseconds since 1970 as PostgreSQL's binary timestamptz value."""
+    return ms * 1000 - PG_EPOCH_US
+
+
+def pg_jsonb(value: Any) -> bytes:
+    """``value`` as PostgreSQL's binary jsonb value (format version 1)."""
+    return b"\x01" + orjson.dumps(value)
+
+
+_EMPTY_JSONB = pg_jsonb({})
 
 _NUL_ESCAPE = b"\\u0000"
 _PRESENCE_RANK = {"online": 0, "offline": 1, "lost": 1}
@@ -216,7 +233,9 @@ class Preparer:
                     )
                 continue
             keys_seen[key] = (kind, ts)
-            out.keys.append((idx, device_id, msg.boot, msg.seq, ts, received_ms, kind))
+            time_us = ts * 1000 - PG_EPOCH_US
+            received_us = received_ms * 1000 - PG_EPOCH_US
+            out.keys.append((idx, device_id, msg.boot, msg.seq, kind, time_us, received_us))
             out.keyed[idx] = (topic, payload, received_ms, device_id)
             _saw(seen, device_id, received_ms, ts)
             if idx % step == 0:
@@ -227,14 +246,14 @@ class Preparer:
                 out.telemetry.append(
                     (
                         idx,
+                        time_us,
                         device_id,
                         msg.boot,
                         msg.seq,
-                        ts,
-                        received_ms,
+                        received_us,
                         msg.hist,
                         *msg.metrics,
-                        _stages_json(msg.stages),
+                        _stages_jsonb(msg.stages),
                     )
                 )
             elif msg.__class__ is Event:
@@ -243,17 +262,17 @@ class Preparer:
                 code = value = None
                 if isinstance(body, FaultRaised | FaultCleared):
                     code, value = body.code.value, body.value
-                    body_json = "{}"
+                    body_json = _EMPTY_JSONB
                 else:
-                    body_json = _body_json(body)
+                    body_json = _body_jsonb(body)
                 out.events.append(
                     (
                         idx,
+                        time_us,
                         device_id,
                         msg.boot,
                         msg.seq,
-                        ts,
-                        received_ms,
+                        received_us,
                         msg.hist,
                         body.event.value,
                         code,
@@ -285,14 +304,14 @@ class Preparer:
                 out.telemetry.append(
                     (
                         idx,
+                        time_us,
                         device_id,
                         msg.boot,
                         msg.seq,
-                        ts,
-                        received_ms,
+                        received_us,
                         False,
                         *msg.metrics,
-                        _birth_stages_json(msg.stages),
+                        _birth_stages_jsonb(msg.stages),
                     )
                 )
                 out.births.append(
@@ -346,13 +365,13 @@ def _record(
     )
 
 
-def _stages_json(stages: tuple[Any, ...]) -> str | None:
+def _stages_jsonb(stages: tuple[Any, ...]) -> bytes | None:
     if not stages:
         return None
-    return orjson.dumps([s._asdict() for s in stages]).decode()
+    return pg_jsonb([s._asdict() for s in stages])
 
 
-def _birth_stages_json(stages: tuple[Any, ...]) -> str | None:
+def _birth_stages_jsonb(stages: tuple[Any, ...]) -> bytes | None:
     # Telemetry keeps the usage counters of each slot; the birth's full description goes to
     # device_state.
     if not stages:
@@ -361,12 +380,12 @@ def _birth_stages_json(stages: tuple[Any, ...]) -> str | None:
         {"slot": s.slot, "litres_used": s.litres_used, "days_in_service": s.days_in_service}
         for s in stages
     ]
-    return orjson.dumps(usage).decode()
+    return pg_jsonb(usage)
 
 
 def _drop_none(d: dict[str, Any]) -> dict[str, Any]:
     return {k: v for k, v in d.items() if v is not None}
 
 
-def _body_json(body: Any) -> str:
-    return orjson.dumps(_drop_none(dataclasses.asdict(body))).decode()
+def _body_jsonb(body: Any) -> bytes:
+    return pg_jsonb(_drop_none(dataclasses.asdict(body)))

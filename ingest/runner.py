@@ -44,6 +44,8 @@ class RunOptions:
     log_format: str = "text"
     verbose: bool = False
     relay_commands: bool = False
+    # decode and write in a process of their own, next to each MQTT client's process
+    writer_process: bool = True
 
 
 def run_ingest(
@@ -92,7 +94,14 @@ def _run_single(
         if options.metrics_port is not None
         else None
     )
-    worker = IngestWorker(config, Database(url=database_url), metrics=metrics)
+    worker = IngestWorker(
+        config,
+        Database(url=database_url),
+        metrics=metrics,
+        writer_process=options.writer_process,
+        log_format=options.log_format,
+        verbose=options.verbose,
+    )
     try:
         worker.start()
         log.info(
@@ -137,7 +146,13 @@ def _worker_process(config: IngestConfig, database_url: str, options: RunOptions
     signal.signal(signal.SIGTERM, lambda signum, frame: stop.set())
     # Ctrl-C reaches the whole process group; the supervisor decides when workers stop.
     signal.signal(signal.SIGINT, signal.SIG_IGN)
-    worker = IngestWorker(config, Database(url=database_url))
+    worker = IngestWorker(
+        config,
+        Database(url=database_url),
+        writer_process=options.writer_process,
+        log_format=options.log_format,
+        verbose=options.verbose,
+    )
     worker.start()
     try:
         while not stop.wait(0.5):

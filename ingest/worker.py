@@ -1,9 +1,11 @@
-"""One ingest worker: an MQTT session, a batcher and a writer thread, wired together.
+"""One ingest worker: an MQTT session, a batcher and a batch store, wired together.
 
-Two threads: paho's network loop (the session) only hands messages over and sends
-acknowledgements; the writer thread decodes, writes and commits, then tells the session which
-messages to acknowledge. The MQTT client is the throughput ceiling, so its thread does nothing
-else.
+paho's network loop (the session) only hands messages over and sends acknowledgements; the
+batch store decodes, writes and commits, then the worker tells the session which messages to
+acknowledge. The store runs either in a thread of this process, or in a writer process of its
+own (``writer_process=True``, what `aquafleet ingest` uses): the MQTT client is the throughput
+ceiling and holds the GIL for most of each message, so moving decoding and COPY out of its
+process lets both use a core.
 
 `IngestWorker` is also the programmatic face: ``start()`` returns once the broker accepted the
 session, ``counters()`` reads the totals, ``stop()`` drains what was received, commits and
@@ -12,35 +14,29 @@ acknowledges it, then disconnects.
 
 from __future__ import annotations
 
-import contextlib
+import collections
 import logging
+import multiprocessing
+import multiprocessing.connection
+import multiprocessing.process
+import pickle
 import threading
-import time
-
-import psycopg
-from firmware_protocol import RejectReason
+from collections.abc import Callable
 
 from aquafleet.db import Database
-from aquafleet.errors import DatabaseUnavailable
 from ingest.batcher import Batcher
 from ingest.config import IngestConfig
-from ingest.device_state import GapScanner, KnownDevices
 from ingest.errors import IngestError
-from ingest.metrics import LAG_SAMPLES_PER_BATCH, IngestCounters, IngestMetrics
-from ingest.prepare import PreparedBatch, Preparer
-from ingest.quarantine import QuarantineRecord
+from ingest.metrics import IngestCounters, IngestMetrics
 from ingest.session import Inbound, MqttSession
-from ingest.writer import BatchWriter, WriteResult, is_transient
+from ingest.store import BatchStore, StoreOutcome, run_writer_process
 
 log = logging.getLogger("ingest.worker")
 
-_GAP_SCAN_EVERY_S = 1.0
-_RETRY_MIN_S = 0.2
-_RETRY_MAX_S = 5.0
 _DRAIN_TIMEOUT_S = 10.0
-# A message the codec accepted but the database refused (a value beyond a column's range, say)
-# is, for the store, a shape it does not accept.
-_STORE_REFUSED = RejectReason.SCHEMA_VIOLATION
+_WRITER_START_TIMEOUT_S = 60.0
+# Batches sent to the writer process and not yet stored: one being written, one waiting.
+_BATCHES_AHEAD = 2
 
 
 class IngestWorker:
@@ -52,64 +48,79 @@ class IngestWorker:
         database: Database,
         *,
         metrics: IngestMetrics | None = None,
+        writer_process: bool = False,
+        log_format: str = "text",
+        verbose: bool = False,
     ) -> None:
         self.config = config
         self._database = database
         self.metrics = metrics if metrics is not None else IngestMetrics()
         self._batcher = Batcher(config.batch_rows, config.batch_ms / 1000)
         self._session = MqttSession(config, self._batcher.put, self.metrics)
-        self._devices = KnownDevices(config.device_refresh_s)
-        self._preparer = Preparer(config, self._devices.__contains__)
-        self._gaps = GapScanner(
-            reorder_window_s=config.reorder_window_s, resend_expiry_s=config.resend_expiry_s
-        )
-        self._writer: BatchWriter | None = None
+        self._writer_process = writer_process
+        self._log_format = log_format
+        self._verbose = verbose
+        self._store: BatchStore | None = None
         self._closing = threading.Event()  # stop taking messages, drain what is here
         self._abort = threading.Event()  # stop now, even with messages unwritten
-        self._thread: threading.Thread | None = None
+        self._threads: list[threading.Thread] = []
         self._failure: BaseException | None = None
-        self._db_down_since: float | None = None
-        self._last_gap_scan = 0.0
+        self._process: multiprocessing.process.BaseProcess | None = None
+        self._pipe: multiprocessing.connection.Connection | None = None
+        # (generation, mid) of the batches in the writer process, oldest first
+        self._in_writer: collections.deque[list[tuple[int, int]]] = collections.deque()
+        self._in_writer_changed = threading.Condition()
 
     # -- lifecycle ---------------------------------------------------------------------------------
 
     def start(self) -> None:
-        """Load the device ledger, connect to the broker, start writing."""
-        with self._database.connection() as conn:
-            self._devices.load(conn)
-        log.info("%d devices in the ledger", len(self._devices), extra={"event": "ledger_loaded"})
-        self._thread = threading.Thread(target=self._run_writer, name="ingest-writer", daemon=True)
-        self._thread.start()
+        """Load the device ledger, start the store, connect to the broker."""
+        if self._writer_process:
+            devices = self._start_writer_process()
+            threads = [("ingest-shipper", self._run_shipper), ("ingest-results", self._run_results)]
+        else:
+            self._store = BatchStore(
+                self.config, self._database, on_database_error=self.metrics.database_error
+            )
+            devices = self._store.load_devices()
+            threads = [("ingest-writer", self._run_writer)]
+        log.info("%d devices in the ledger", devices, extra={"event": "ledger_loaded"})
+        for name, target in threads:
+            thread = threading.Thread(target=self._guard(target), name=name, daemon=True)
+            thread.start()
+            self._threads.append(thread)
         try:
             self._session.start()
         except BaseException:
-            self._abort.set()
-            self._thread.join(5)
+            self.kill()
             raise
 
     def stop(self, timeout: float = _DRAIN_TIMEOUT_S) -> None:
         """Stop taking messages, store and acknowledge those received, then disconnect."""
         self._session.pause()
         self._closing.set()
-        if self._thread is not None:
-            self._thread.join(timeout)
-            if self._thread.is_alive():
-                # The database is not coming back in time: what is unacknowledged stays with
-                # the broker, which delivers it again to the next session.
-                self._abort.set()
-                self._thread.join(5)
+        for thread in self._threads:
+            thread.join(timeout)
+        if any(t.is_alive() for t in self._threads):
+            # The database is not coming back in time: what is unacknowledged stays with the
+            # broker, which delivers it again to the next session.
+            self._abort.set()
+            self._end_writer_process(kill=True)
+            for thread in self._threads:
+                thread.join(5)
         self._session.flush_acks(timeout=5)
         self._session.stop()
-        if self._writer is not None:
-            self._writer.connection.close()
-            self._writer = None
+        self._end_writer_process(kill=False)
+        if self._store is not None:
+            self._store.close()
 
     def kill(self) -> None:
         """Stop at once without draining; what was not acknowledged is delivered again later."""
         self._abort.set()
         self._closing.set()
-        if self._thread is not None:
-            self._thread.join(5)
+        self._end_writer_process(kill=True)
+        for thread in self._threads:
+            thread.join(5)
         self._session.stop()
 
     def __enter__(self) -> IngestWorker:
@@ -124,10 +135,10 @@ class IngestWorker:
         return self._failure or self._session.failure
 
     def is_running(self) -> bool:
-        return self._thread is not None and self._thread.is_alive() and self.failure is None
+        return any(t.is_alive() for t in self._threads) and self.failure is None
 
     def check(self) -> None:
-        """Raise the error that stopped a thread of this worker, if any."""
+        """Raise the error that stopped a part of this worker, if any."""
         failure = self.failure
         if failure is not None:
             raise IngestError(f"ingest worker failed: {failure}") from failure
@@ -139,151 +150,135 @@ class IngestWorker:
     def session(self) -> MqttSession:
         return self._session
 
-    # -- the writer thread -------------------------------------------------------------------------
+    # -- shared ------------------------------------------------------------------------------------
 
-    def _run_writer(self) -> None:
-        try:
-            while not self._abort.is_set():
-                if self._closing.is_set() and not len(self._batcher):
-                    break
-                batch = self._batcher.take(self._abort, idle_timeout_s=0.2)
-                self._housekeeping()
-                if batch:
-                    self._store(batch)
-        except BaseException as exc:
-            self._failure = exc
-            log.exception("writer failed", extra={"event": "writer_failed"})
-            self._session.pause()
-
-    def _store(self, batch: list[Inbound]) -> None:
-        prepared: PreparedBatch | None = None
-        delay = _RETRY_MIN_S
-        while True:
-            if self._abort.is_set():
-                self._session.release(len(batch))
-                return
+    def _guard(self, target: Callable[[], None]) -> Callable[[], None]:
+        def run() -> None:
             try:
-                writer = self._ensure_writer()
-                if prepared is None:
-                    prepared = self._prepare(batch, writer)
-                started = time.perf_counter()
-                try:
-                    result = writer.write(prepared)
-                except psycopg.Error as exc:
-                    if is_transient(exc):
-                        raise
-                    log.warning(
-                        "batch refused by the database (%s); writing its messages one by one",
-                        exc.sqlstate,
-                        extra={"event": "batch_refused"},
-                    )
-                    result = self._write_isolated(batch, writer)
-                elapsed = time.perf_counter() - started
-                break
-            except (psycopg.Error, DatabaseUnavailable) as exc:
-                self._database_lost(exc, len(batch))
-                self._abort.wait(delay)
-                delay = min(delay * 2, _RETRY_MAX_S)
-        if self._db_down_since is not None:
-            log.info(
-                "database back after %.1f s",
-                time.monotonic() - self._db_down_since,
-                extra={"event": "database_back"},
-            )
-            self._db_down_since = None
-        self._session.acknowledge([(m.generation, m.mid) for m in batch])
+                target()
+            except BaseException as exc:
+                self._failure = exc
+                log.exception("ingest worker failed", extra={"event": "worker_failed"})
+                self._session.pause()
+
+        return run
+
+    def _committed(
+        self, messages: list[Inbound] | list[tuple[int, int]], out: StoreOutcome
+    ) -> None:
+        acks = [(m[0], m[1]) for m in messages]
+        self._session.acknowledge(acks)
         self.metrics.batch_committed(
-            received=len(batch),
-            stored_by_kind=result.stored_by_kind,
-            duplicates=result.duplicates,
-            quarantined_by_reason=result.quarantined_by_reason,
-            commit_s=elapsed,
-            lags_s=[lag / 1000 for lag in prepared.lags_ms],
+            received=out.received,
+            stored_by_kind=out.stored_by_kind,
+            duplicates=out.duplicates,
+            quarantined_by_reason=out.quarantined_by_reason,
+            commit_s=out.commit_s,
+            lags_s=out.lags_s,
         )
 
-    def _prepare(self, batch: list[Inbound], writer: BatchWriter) -> PreparedBatch:
-        prepared = self._preparer.prepare(batch, LAG_SAMPLES_PER_BATCH)
-        if prepared.unknown_devices and self._devices.may_refresh_early():
-            # Perhaps added to the ledger since the last load.
-            before = len(self._devices)
-            self._devices.load(writer.connection)
-            if len(self._devices) != before:
-                prepared = self._preparer.prepare(batch, LAG_SAMPLES_PER_BATCH)
-        return prepared
+    # -- the store in a thread ---------------------------------------------------------------------
 
-    def _write_isolated(self, batch: list[Inbound], writer: BatchWriter) -> WriteResult:
-        """Write message by message; one the database refuses goes to quarantine alone."""
-        total = WriteResult()
-        for message in batch:
-            prepared = self._preparer.prepare([message], LAG_SAMPLES_PER_BATCH)
-            try:
-                result = writer.write(prepared)
-            except psycopg.Error as exc:
-                if is_transient(exc):
-                    raise
-                refused = PreparedBatch(size=1, payload_bound=prepared.payload_bound)
-                refused.quarantine.append(
-                    QuarantineRecord.of(
-                        received_ms=message.received_ms,
-                        topic=message.topic,
-                        device_id=None,
-                        reason=_STORE_REFUSED,
-                        detail=f"the database refused it: {exc.sqlstate} "
-                        f"{str(exc).splitlines()[0] if str(exc) else type(exc).__name__}",
-                        payload=message.payload,
-                        bound=prepared.payload_bound,
-                    )
-                )
-                result = writer.write(refused)
-            for kind, n in result.stored_by_kind.items():
-                total.stored_by_kind[kind] = total.stored_by_kind.get(kind, 0) + n
-            total.duplicates += result.duplicates
-            for reason, n in result.quarantined_by_reason.items():
-                total.quarantined_by_reason[reason] = total.quarantined_by_reason.get(reason, 0) + n
-        return total
+    def _run_writer(self) -> None:
+        store = self._store
+        assert store is not None
+        while not self._abort.is_set():
+            if self._closing.is_set() and not len(self._batcher):
+                break
+            batch = self._batcher.take(self._abort, idle_timeout_s=0.2)
+            gaps, resends = store.housekeeping()
+            if gaps or resends:
+                self.metrics.gaps_confirmed(gaps, resends)
+            if not batch:
+                continue
+            outcome = store.store(batch, self._abort)
+            if outcome is None:
+                self._session.release(len(batch))
+                return
+            self._committed(batch, outcome)
 
-    def _ensure_writer(self) -> BatchWriter:
-        if self._writer is None or self._writer.connection.closed:
-            conn = self._database.connect()
-            try:
-                self._writer = BatchWriter(conn)
-            except BaseException:
-                conn.close()
-                raise
-        return self._writer
+    # -- the store in a process --------------------------------------------------------------------
 
-    def _database_lost(self, exc: BaseException, holding: int) -> None:
-        self.metrics.database_error()
-        if self._writer is not None:
-            with contextlib.suppress(psycopg.Error):
-                self._writer.connection.close()
-            self._writer = None
-        if self._db_down_since is None:
-            self._db_down_since = time.monotonic()
-            first_line = str(exc).strip().splitlines()[0] if str(exc).strip() else repr(exc)
-            log.warning(
-                "database unavailable (%s); holding %d messages unacknowledged and retrying",
-                first_line,
-                holding,
-                extra={"event": "database_unavailable"},
-            )
-
-    def _housekeeping(self) -> None:
-        if self._db_down_since is not None:
-            return
-        now = time.monotonic()
+    def _start_writer_process(self) -> int:
+        context = multiprocessing.get_context("spawn")
+        parent, child = context.Pipe()
+        self._process = context.Process(
+            target=run_writer_process,
+            args=(child, self.config, self._database.url, self._log_format, self._verbose),
+            name=f"ingest-writer-{self.config.client_id}",
+            daemon=True,
+        )
+        self._process.start()
+        child.close()
+        self._pipe = parent
+        if not parent.poll(_WRITER_START_TIMEOUT_S):
+            self._end_writer_process(kill=True)
+            raise IngestError("the writer process did not start")
         try:
-            if self._devices.due():
-                writer = self._ensure_writer()
-                self._devices.load(writer.connection)
-            if now - self._last_gap_scan >= min(_GAP_SCAN_EVERY_S, self.config.reorder_window_s):
-                self._last_gap_scan = now
-                writer = self._ensure_writer()
-                gaps, resends = self._gaps.scan(writer.connection)
-                if gaps or resends:
-                    self.metrics.gaps_confirmed(gaps, resends)
-        except (psycopg.Error, DatabaseUnavailable) as exc:
-            # The next batch finds out properly; housekeeping just waits for a better moment.
-            log.debug("housekeeping skipped: %s", exc)
-            if self._writer is not None and self._writer.connection.broken:
-                self._writer = None
+            message = parent.recv()
+        except EOFError:
+            self._end_writer_process(kill=True)
+            raise IngestError("the writer process could not start (see its log)") from None
+        if message[0] == "failed":
+            self._end_writer_process(kill=True)
+            raise IngestError(f"the writer process failed: {message[1]}")
+        return int(message[1])
+
+    def _run_shipper(self) -> None:
+        """Batches from the batcher to the writer process, at most _BATCHES_AHEAD at a time."""
+        pipe = self._pipe
+        assert pipe is not None
+        while not self._abort.is_set():
+            if self._closing.is_set() and not len(self._batcher):
+                break
+            with self._in_writer_changed:
+                while len(self._in_writer) >= _BATCHES_AHEAD and not self._abort.is_set():
+                    self._in_writer_changed.wait(0.2)
+            batch = self._batcher.take(self._abort, idle_timeout_s=0.2)
+            if not batch:
+                continue
+            with self._in_writer_changed:
+                self._in_writer.append([(m[0], m[1]) for m in batch])
+            pipe.send_bytes(pickle.dumps(batch, protocol=pickle.HIGHEST_PROTOCOL))
+        if not self._abort.is_set():
+            pipe.send_bytes(pickle.dumps(None))
+
+    def _run_results(self) -> None:
+        pipe = self._pipe
+        assert pipe is not None
+        while True:
+            try:
+                message = pipe.recv()
+            except (EOFError, OSError):
+                if not self._abort.is_set() and not self._closing.is_set():
+                    raise IngestError("the writer process ended unexpectedly") from None
+                break
+            kind = message[0]
+            if kind == "batch":
+                with self._in_writer_changed:
+                    acks = self._in_writer.popleft()
+                    self._in_writer_changed.notify_all()
+                self._committed(acks, message[1])
+            elif kind == "gaps":
+                self.metrics.gaps_confirmed(message[1], message[2])
+            elif kind == "db_error":
+                self.metrics.database_error()
+            elif kind == "failed":
+                raise IngestError(f"the writer process failed: {message[1]}")
+        with self._in_writer_changed:
+            stale = sum(len(b) for b in self._in_writer)
+            self._in_writer.clear()
+        if stale:
+            self._session.release(stale)
+
+    def _end_writer_process(self, *, kill: bool) -> None:
+        process = self._process
+        if process is None:
+            return
+        if kill and process.is_alive():
+            process.kill()
+        process.join(10)
+        if process.is_alive():
+            process.kill()
+            process.join()
+        self._process = None

@@ -13,13 +13,13 @@ end of the transaction.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from datetime import UTC, datetime
 
 import psycopg
+import psycopg.errors
 from firmware_protocol import RejectReason
 
 from ingest import _sql
-from ingest.prepare import PreparedBatch
+from ingest.prepare import PreparedBatch, pg_time
 from ingest.quarantine import QuarantineRecord
 
 Connection = psycopg.Connection[tuple[object, ...]]
@@ -37,8 +37,7 @@ class BatchWriter:
 
     def __init__(self, conn: Connection) -> None:
         self._conn = conn
-        conn.execute(_sql.CREATE_STAGING)
-        conn.commit()
+        self._staging_ready = False
 
     @property
     def connection(self) -> Connection:
@@ -50,24 +49,17 @@ class BatchWriter:
         result = WriteResult(duplicates=batch.duplicates)
         quarantine: list[QuarantineRecord] = list(batch.quarantine)
         with conn.transaction():
-            taken: list[int] = []
-            if batch.keys:
-                with conn.cursor() as cur:
-                    with cur.copy(_sql.COPY_KEYS) as copy:
-                        copy.set_types(_sql.KEY_TYPES)
-                        for row in batch.keys:
-                            copy.write_row(row)
-                    taken = [int(str(r[0])) for r in cur.execute(_sql.CLAIM_KEYS).fetchall()]
-                    if taken:
-                        self._settle_taken(cur, batch, taken, result, quarantine)
-            if batch.telemetry:
-                self._copy(_sql.COPY_TELEMETRY, _sql.TELEMETRY_TYPES, batch.telemetry)
-                conn.execute(_sql.INSERT_TELEMETRY, (taken,))
-            if batch.events:
-                self._copy(_sql.COPY_EVENTS, _sql.EVENT_TYPES, batch.events)
-                conn.execute(_sql.INSERT_EVENTS, (taken,))
-            taken_set = set(taken)
-            acks = [a for a in batch.acks if a[0] not in taken_set]
+            taken = self._claim_keys(batch, result, quarantine) if batch.keys else set()
+            if taken:
+                telemetry = [r for r in batch.telemetry if r[0] not in taken]
+                events = [r for r in batch.events if r[0] not in taken]
+            else:
+                telemetry, events = batch.telemetry, batch.events
+            if telemetry:
+                self._copy(_sql.COPY_TELEMETRY, _sql.TELEMETRY_TYPES, telemetry, skip_idx=True)
+            if events:
+                self._copy(_sql.COPY_EVENTS, _sql.EVENT_TYPES, events, skip_idx=True)
+            acks = [a for a in batch.acks if a[0] not in taken]
             if acks:
                 with conn.cursor() as cur:
                     cur.executemany(_sql.INSERT_ACK, [(a[4], *a[1:4], a[5], *a[6:]) for a in acks])
@@ -81,25 +73,27 @@ class BatchWriter:
                         ],
                     )
             if quarantine:
-                with conn.cursor() as cur, cur.copy(_sql.COPY_QUARANTINE) as copy:
-                    copy.set_types(_sql.QUARANTINE_TYPES)
-                    for q in quarantine:
-                        copy.write_row(
-                            (
-                                _ms_to_datetime(q.received_ms),
-                                q.topic,
-                                q.device_id,
-                                q.reason.value,
-                                q.detail,
-                                q.payload,
-                                q.payload_bytes,
-                            )
+                self._copy(
+                    _sql.COPY_QUARANTINE,
+                    _sql.QUARANTINE_TYPES,
+                    [
+                        (
+                            pg_time(q.received_ms),
+                            q.topic,
+                            q.device_id,
+                            q.reason.value,
+                            q.detail,
+                            q.payload,
+                            q.payload_bytes,
                         )
-            self._update_state(batch, taken_set)
+                        for q in quarantine
+                    ],
+                )
+            self._update_state(batch, taken)
 
         for row in batch.keys:
-            if row[0] not in taken_set:
-                kind = str(row[6])
+            if row[0] not in taken:
+                kind = str(row[4])
                 result.stored_by_kind[kind] = result.stored_by_kind.get(kind, 0) + 1
         if batch.statuses:
             result.stored_by_kind["status"] = len(batch.statuses)
@@ -108,11 +102,48 @@ class BatchWriter:
             result.quarantined_by_reason[reason] = result.quarantined_by_reason.get(reason, 0) + 1
         return result
 
-    def _copy(self, statement: str, types: tuple[str, ...], rows: list[tuple[object, ...]]) -> None:
+    def _claim_keys(
+        self, batch: PreparedBatch, result: WriteResult, quarantine: list[QuarantineRecord]
+    ) -> set[int]:
+        """Claim the batch's message keys; the batch positions whose key was already taken."""
+        conn = self._conn
+        # Fast path: COPY the keys straight in. Any key already there fails it as a whole.
+        try:
+            with conn.transaction():
+                self._copy(_sql.COPY_KEYS, _sql.KEY_TYPES, batch.keys, skip_idx=True)
+            return set()
+        except psycopg.errors.UniqueViolation:
+            pass
+        with conn.cursor() as cur:
+            if not self._staging_ready:
+                cur.execute(_sql.CREATE_STAGING)
+                self._staging_ready = True
+            with cur.copy(_sql.COPY_STAGE_KEYS) as copy:
+                copy.set_types(_sql.STAGE_KEY_TYPES)
+                for row in batch.keys:
+                    copy.write_row(row)
+            taken = [int(str(r[0])) for r in cur.execute(_sql.CLAIM_KEYS).fetchall()]
+            if taken:
+                self._settle_taken(cur, batch, taken, result, quarantine)
+        return set(taken)
+
+    def _copy(
+        self,
+        statement: str,
+        types: tuple[str, ...],
+        rows: list[tuple[object, ...]],
+        *,
+        skip_idx: bool = False,
+    ) -> None:
         with self._conn.cursor() as cur, cur.copy(statement) as copy:
             copy.set_types(types)
-            for row in rows:
-                copy.write_row(row)
+            write = copy.write_row
+            if skip_idx:
+                for row in rows:
+                    write(row[1:])
+            else:
+                for row in rows:
+                    write(row)
 
     def _settle_taken(
         self,
@@ -129,7 +160,7 @@ class BatchWriter:
                 result.duplicates += 1
                 continue
             topic, payload, received_ms, device_id = batch.keyed[idx]
-            key = next(k for k in batch.keys if k[0] == idx)
+            key = next(k for k in batch.keys if k[0] == idx)  # (idx, device, boot, seq, ...)
             quarantine.append(
                 QuarantineRecord.of(
                     received_ms=received_ms,
@@ -203,10 +234,6 @@ class BatchWriter:
             ]
             if presence:
                 cur.executemany(_sql.APPLY_STATUS, presence)
-
-
-def _ms_to_datetime(ms: int) -> datetime:
-    return datetime.fromtimestamp(ms / 1000, UTC)
 
 
 def is_transient(exc: psycopg.Error) -> bool:
