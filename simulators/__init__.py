@@ -7,6 +7,7 @@ The face of the component::
     config = SimulationConfig(machines=machines, start_ms=..., duration_ms=..., seed=7,
                               scenario=scenario)
     sink = MemorySink()                      # or MqttSink(...) for a real broker
+    # (multiplexed through the ledger's gateways: gateway_of=gateway_assignment(machines))
     stats = Simulation(config, sink).run()   # as fast as possible; speed=K to pace
     # or: run_simulation(config, sink, ground_truth=Path("truth.jsonl"))
 
@@ -17,6 +18,7 @@ The face of the component::
 from simulators.errors import FleetSourceError, PublishError, ScenarioError, SimulatorError
 from simulators.ledger import (
     MachineSpec,
+    gateway_assignment,
     generate_ledger,
     ledger_csv_text,
     machines_from_csv,
@@ -62,6 +64,7 @@ __all__ = [
     "SimulatorError",
     "Sink",
     "TruthRecord",
+    "gateway_assignment",
     "generate_ledger",
     "ledger_csv_text",
     "load_scenario",

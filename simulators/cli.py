@@ -17,6 +17,7 @@ from aquafleet.config import Settings
 from aquafleet.errors import UsageError
 from simulators.ledger import (
     MachineSpec,
+    gateway_assignment,
     generate_ledger,
     machines_from_csv,
     machines_from_database,
@@ -33,6 +34,7 @@ from simulators.timespec import parse_duration_ms, parse_when, to_epoch_ms
 #: Up to this many machines, each gets its own connection in ``auto`` mode.
 PER_DEVICE_LIMIT = 200
 _DEFAULT_MACHINES = 10
+_DEFAULT_GENERATED_GATEWAYS = 4
 
 
 def register(commands: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
@@ -46,7 +48,9 @@ def register(commands: argparse._SubParsersAction) -> None:  # type: ignore[type
             "protocol to the broker (AQUAFLEET_BROKER_URL or --broker-url). Machines come from "
             "--ledger, --from-db, or a generated ledger of --machines N. Faults and misbehaviours "
             "come from --scenario; their ground truth goes to --ground-truth. With "
-            "--generate-ledger N --out FILE it only writes a ledger CSV."
+            "--generate-ledger N --out FILE it only writes a ledger CSV (with --gateways G, its "
+            "machines reach the broker through G gateways). In multiplexed mode the gateways are "
+            "the ledger's; machines the ledger puts behind none share --gateways generated ones."
         ),
     )
     src = p.add_argument_group("machines")
@@ -92,21 +96,34 @@ def register(commands: argparse._SubParsersAction) -> None:  # type: ignore[type
         help=f"one connection per machine, or a few gateways (auto: per machine up to "
         f"{PER_DEVICE_LIMIT} machines)",
     )  # fmt: skip
-    net.add_argument("--gateways", type=positive_int, default=4, help="multiplexed connections")
+    net.add_argument(
+        "--gateways", type=positive_int, metavar="G",
+        help="with --generate-ledger: put the machines behind G gateways (default: none); "
+        "when running multiplexed: G generated gateways carry the machines the ledger puts "
+        f"behind none (default {_DEFAULT_GENERATED_GATEWAYS})",
+    )  # fmt: skip
 
 
 def _simulate(args: argparse.Namespace, settings: Settings) -> int:
     if args.generate_ledger is not None:
         if args.out is None:
             raise UsageError("--generate-ledger needs --out FILE.csv")
+        gateways = args.gateways or 0
+        if gateways > args.generate_ledger:
+            raise UsageError("--gateways must not exceed the number of machines")
         ledger = generate_ledger(
             args.generate_ledger,
             seed=args.seed or 0,
             vending_share=_share(args.vending_share, None),
             timezone=settings.timezone,
+            gateways=gateways,
         )
         write_ledger_csv(ledger, args.out)
-        out(f"wrote {len(ledger.devices)} machines at {len(ledger.sites)} sites to {args.out}")
+        behind = f" behind {gateways} gateways" if gateways else ""
+        out(
+            f"wrote {len(ledger.devices)} machines at {len(ledger.sites)} sites{behind}"
+            f" to {args.out}"
+        )
         return EXIT_OK
     scenario = (
         load_scenario(args.scenario, timezone=settings.timezone) if args.scenario else Scenario()
@@ -136,7 +153,13 @@ def _simulate(args: argparse.Namespace, settings: Settings) -> int:
         interval_s=interval_s,
         scenario=scenario,
     )
-    sink = MqttSink(broker, mode=mode, gateways=args.gateways, start_ms=start_ms)
+    sink = MqttSink(
+        broker,
+        mode=mode,
+        gateways=args.gateways or _DEFAULT_GENERATED_GATEWAYS,
+        start_ms=start_ms,
+        gateway_of=gateway_assignment(machines),
+    )
     stop = threading.Event()
     previous = signal.signal(signal.SIGTERM, _stopper(stop))
     wall0 = time.monotonic()

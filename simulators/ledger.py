@@ -1,16 +1,17 @@
 """Where the simulated machines come from: a ledger CSV, the imported ledger, or a generated one.
 
 A generated ledger is a valid production ledger file (both classes, sites, models, hardware lots,
-suppliers) that ``aquafleet devices import`` accepts, so the machines the simulator runs can be
-the machines the product knows.
+suppliers, optionally gateways) that ``aquafleet devices import`` accepts, so the machines the
+simulator runs can be the machines the product knows, and the gateways it connects the gateways
+the product (ingest, the broker ACL) expects.
 """
 
 from __future__ import annotations
 
 import csv
 import io
-from collections.abc import Sequence
-from dataclasses import dataclass
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass, replace
 from datetime import date, timedelta
 from pathlib import Path
 
@@ -26,6 +27,7 @@ from simulators.errors import FleetSourceError
 __all__ = [
     "HARDWARE_LOTS",
     "MachineSpec",
+    "gateway_assignment",
     "generate_ledger",
     "machines_from_csv",
     "machines_from_database",
@@ -64,6 +66,8 @@ class MachineSpec:
     site_id: str
     timezone: str
     install_date: date
+    # the gateway the ledger puts this machine behind; None when it connects itself
+    gateway_id: str | None = None
 
 
 def _protocol_class(device_class: DeviceClass) -> MachineClass:
@@ -84,6 +88,7 @@ def machines_from_ledger(ledger: LedgerFile) -> tuple[MachineSpec, ...]:
             site_id=d.site_id,
             timezone=zones[d.site_id],
             install_date=d.install_date,
+            gateway_id=d.gateway_id,
         )
         for d in ledger.devices
         if d.status is DeviceStatus.ACTIVE
@@ -100,7 +105,7 @@ def machines_from_csv(path: Path, *, default_timezone: str) -> tuple[MachineSpec
 
 _SITES_AND_DEVICES = """
 SELECT d.device_id, d.class, d.model, d.hardware_lot, d.firmware, d.install_date,
-       d.site_id, s.timezone
+       d.site_id, s.timezone, d.gateway_id
 FROM devices d JOIN sites s ON s.site_id = d.site_id
 WHERE d.status = 'active'
 ORDER BY d.device_id
@@ -126,12 +131,18 @@ def machines_from_database(settings: Settings) -> tuple[MachineSpec, ...]:
             site_id=str(row[6]),
             timezone=str(row[7]),
             install_date=row[5],  # type: ignore[arg-type]
+            gateway_id=None if row[8] is None else str(row[8]),
         )
         for row in rows
     )
     if not machines:
         raise FleetSourceError("the database ledger has no active machines; import one first")
     return machines
+
+
+def gateway_assignment(machines: Iterable[MachineSpec]) -> dict[str, str]:
+    """Machine id -> gateway id, for the machines the ledger puts behind a gateway."""
+    return {m.device_id: m.gateway_id for m in machines if m.gateway_id is not None}
 
 
 def generate_ledger(
@@ -142,14 +153,19 @@ def generate_ledger(
     timezone: str = "Asia/Shanghai",
     today: date | None = None,
     id_prefix: str = "SIM",
+    gateways: int = 0,
 ) -> LedgerFile:
     """A plausible ledger of ``machines`` machines, the same for the same arguments.
 
     Machines are grouped by class into sites (about 30 purifiers per campus, 8 vending machines
-    per vending area); install dates lie 60 to 900 days before ``today``.
+    per vending area); install dates lie 60 to 900 days before ``today``. With ``gateways``,
+    every machine reaches the broker through one of the gateways ``{id_prefix}-GW01`` ... (see
+    `_behind_gateways`); without, every machine connects itself.
     """
     if machines < 1:
         raise ValueError("machines must be at least 1")
+    if not 0 <= gateways <= machines:
+        raise ValueError("gateways must be between 0 and the number of machines")
     if not 0.0 <= vending_share <= 1.0:
         raise ValueError("vending_share must be between 0 and 1")
     today = today or date.today()
@@ -204,7 +220,29 @@ def generate_ledger(
                 part_suppliers=suppliers,
             )
         )
+    if gateways:
+        devices = _behind_gateways(devices, sites, gateways, id_prefix)
     return LedgerFile(sites=sites, devices=devices)
+
+
+def _behind_gateways(
+    devices: list[Device], sites: list[Site], gateways: int, id_prefix: str
+) -> list[Device]:
+    """Put the machines behind ``gateways`` gateways, each serving machines of consecutive sites.
+
+    A gateway is a site's bus or router, so it serves the machines of neighbouring sites rather
+    than machines scattered over the fleet: the machines, in site order, are cut into
+    ``gateways`` runs of equal size (to one machine). A run boundary may fall inside a site, as
+    a large campus has more than one router. Uses no randomness, so the rest of the ledger is
+    the one generated without gateways.
+    """
+    rank = {site.site_id: k for k, site in enumerate(sites)}
+    in_site_order = sorted(range(len(devices)), key=lambda i: rank[devices[i].site_id])
+    out = list(devices)
+    for position, i in enumerate(in_site_order):
+        k = position * gateways // len(devices)
+        out[i] = replace(devices[i], gateway_id=f"{id_prefix}-GW{k + 1:02d}")
+    return out
 
 
 def ledger_csv_text(ledger: LedgerFile) -> str:
@@ -229,6 +267,7 @@ def ledger_csv_text(ledger: LedgerFile) -> str:
             "address": site.address,
             "site_timezone": site.timezone,
             "status": d.status.value,
+            "gateway_id": d.gateway_id or "",
         }
         for part, supplier in d.part_suppliers.items():
             row[f"supplier_{part}"] = supplier

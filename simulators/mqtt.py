@@ -8,10 +8,15 @@ Two shapes of connection, as the fleet size asks:
   itself publishes the Will, exactly as for a machine whose network fails. Per-device ACLs
   (``pattern write aquafleet/v1/%u/#``) apply as they would in the field.
 * ``multiplexed``: a few gateway connections carry many machines, whose identities stay in topics
-  and payloads. A gateway publishes a machine's Will itself when that machine drops, and its own
-  Will is its ``status`` ``lost`` (with ``serves`` when the list fits the schema). Gateways speak
-  MQTT through `simulators._mqtt_wire`, which batches publishes into few socket writes (paho's
-  per-message cost would cap a gateway near 11 000 messages/s).
+  and payloads (firmware-protocol section 12). A machine the ledger puts behind a gateway is
+  carried by that gateway (client id, username and status topic the gateway's id, ``serves`` the
+  machines the ledger assigns it), so ingest and the broker ACL, which know the ledger, accept
+  it. Machines the ledger puts behind none are spread round-robin over generated gateways
+  ``{gateway_prefix}-00`` ... A gateway subscribes to the ``cmd`` topic of each machine it
+  carries, publishes a machine's Will itself when that machine drops, and its own Will is its
+  ``status`` ``lost`` (with ``serves`` when the list fits the schema). Gateways speak MQTT through
+  `simulators._mqtt_wire`, which batches publishes into few socket writes (paho's per-message
+  cost would cap a gateway near 11 000 messages/s).
 
 Ordering is kept per machine (one machine always uses one connection). `send` waits for the
 broker's acknowledgements before it returns, so memory stays bounded at any speed.
@@ -21,7 +26,7 @@ from __future__ import annotations
 
 import contextlib
 import threading
-from collections.abc import Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, Final
 
@@ -43,7 +48,6 @@ _CONNECT_TIMEOUT_S: Final = 10.0
 _ACK_TIMEOUT_S: Final = 60.0
 _WAIT_EVERY: Final = 2000  # messages per connection between waits for the broker's acks
 _MAX_SERVES: Final = 256  # the status schema's limit on a gateway's list
-_CMD_FILTER: Final = "aquafleet/v1/+/cmd"
 
 
 @dataclass(frozen=True, slots=True)
@@ -141,8 +145,19 @@ class _Conn:
         self.client.loop_stop()
 
 
+@dataclass(frozen=True, slots=True)
+class _Gateway:
+    conn: WireConnection
+    serves: tuple[str, ...]  # as its status says: empty when the list exceeds the schema's limit
+
+
 class MqttSink:
-    """Sends the simulator's actions to a broker; see the module docstring for the two modes."""
+    """Sends the simulator's actions to a broker; see the module docstring for the two modes.
+
+    ``gateway_of`` maps machine id -> gateway id as the ledger records it
+    (`simulators.ledger.gateway_assignment`); ``gateways`` and ``gateway_prefix`` shape the
+    generated gateways for the machines it leaves out. Both matter in ``multiplexed`` mode only.
+    """
 
     def __init__(
         self,
@@ -152,6 +167,7 @@ class MqttSink:
         gateways: int = 4,
         gateway_prefix: str = "simgw",
         start_ms: int = 0,
+        gateway_of: Mapping[str, str] | None = None,
     ) -> None:
         if mode not in ("per-device", "multiplexed"):
             raise ValueError(f"unknown connection mode {mode!r}")
@@ -160,46 +176,71 @@ class MqttSink:
         self._inbox: list[tuple[str, bytes]] = []
         self._inbox_lock = threading.Lock()
         self._devices: dict[str, _Conn] = {}
-        self._gateways: list[WireConnection] = []
-        self._gateway_serves: list[tuple[str, ...]] = []
-        self._gateway_of: dict[str, int] = {}
+        self._ledger_gateway_of = dict(gateway_of or {})
+        self._gateways: dict[str, _Gateway] = {}
+        self._route: dict[str, WireConnection] = {}  # machine id -> the gateway carrying it
+        self._generated: list[WireConnection] = []
+        self._generated_assigned = 0
         self._wills: dict[str, Outgoing] = {}
         self._gateway_prefix = gateway_prefix
         self._start_ms = start_ms
-        self._n_gateways = max(1, gateways)
+        self._n_generated = max(1, gateways)
+        self._started = False
 
-    # The gateways connect at the first Connect, once the machines they serve are known.
+    # The gateways connect at the first send, once the machines they serve are known: the
+    # ledger's from the start, the generated ones with the machines connecting in that batch.
     def _ensure_gateways(self, actions: Sequence[Action]) -> None:
-        if self._gateways:
+        if self._started:
             return
-        served: list[list[str]] = [[] for _ in range(self._n_gateways)]
-        for a in actions:
-            if isinstance(a, Connect) and a.device_id not in self._gateway_of:
-                k = len(self._gateway_of) % self._n_gateways
-                self._gateway_of[a.device_id] = k
-                served[k].append(a.device_id)
-        for k in range(self._n_gateways):
-            gw_id = f"{self._gateway_prefix}-{k:02d}"
-            serves = tuple(served[k]) if len(served[k]) <= _MAX_SERVES else ()
-            will = self._gateway_status(gw_id, PresenceState.LOST, serves)
-            try:
-                conn = WireConnection(
-                    self.broker.host,
-                    self.broker.port,
-                    client_id=gw_id,
-                    username=self.broker.username,
-                    password=self.broker.password,
-                    will=(will.topic, will.payload),
-                    subscribe=_CMD_FILTER,
-                    on_message=self._receive,
-                    tls=self.broker.tls,
+        self._started = True
+        by_gateway: dict[str, list[str]] = {}
+        for machine, gw_id in sorted(self._ledger_gateway_of.items()):
+            by_gateway.setdefault(gw_id, []).append(machine)
+        for gw_id, machines in sorted(by_gateway.items()):
+            # the username is the gateway's id, as the broker ACL of section 2.2 expects
+            self._connect_gateway(gw_id, machines, username=gw_id)
+        connecting = (a.device_id for a in actions if isinstance(a, Connect))
+        unrouted = dict.fromkeys(m for m in connecting if m not in self._route)
+        if unrouted or not self._ledger_gateway_of:
+            self._connect_generated(list(unrouted))
+
+    def _connect_generated(self, machines: list[str]) -> None:
+        n = self._n_generated
+        for k in range(n):
+            self._generated.append(
+                self._connect_gateway(
+                    f"{self._gateway_prefix}-{k:02d}", machines[k::n], username=self.broker.username
                 )
-            except WireError as exc:
-                raise PublishError(f"gateway {gw_id}: {exc}") from exc
+            )
+        self._generated_assigned = len(machines)
+
+    def _connect_gateway(
+        self, gw_id: str, machines: Sequence[str], *, username: str | None
+    ) -> WireConnection:
+        serves = tuple(machines) if len(machines) <= _MAX_SERVES else ()
+        will = self._gateway_status(gw_id, PresenceState.LOST, serves)
+        try:
+            conn = WireConnection(
+                self.broker.host,
+                self.broker.port,
+                client_id=gw_id,
+                username=username,
+                password=self.broker.password,
+                will=(will.topic, will.payload),
+                # its own commands, as any device, and those of each machine it serves; what
+                # the broker ACL allows a gateway, and each command reaches one gateway only
+                subscribe=_cmd_topics([gw_id, *machines]),
+                on_message=self._receive,
+                tls=self.broker.tls,
+            )
             online = self._gateway_status(gw_id, PresenceState.ONLINE, serves)
             conn.publish(topic_bytes(online.topic), online.payload, retain=True)
-            self._gateways.append(conn)
-            self._gateway_serves.append(serves)
+        except WireError as exc:
+            raise PublishError(f"gateway {gw_id}: {exc}") from exc
+        self._gateways[gw_id] = _Gateway(conn, serves)
+        for machine in machines:
+            self._route[machine] = conn
+        return conn
 
     def _gateway_status(
         self, gw_id: str, state: PresenceState, serves: tuple[str, ...]
@@ -227,10 +268,19 @@ class MqttSink:
         )
 
     def _gateway(self, device_id: str) -> WireConnection:
-        k = self._gateway_of.get(device_id)
-        if k is None:
-            k = self._gateway_of[device_id] = len(self._gateway_of) % self._n_gateways
-        return self._gateways[k]
+        conn = self._route.get(device_id)
+        if conn is not None:
+            return conn
+        # A machine first connecting after the start, and in no gateway's ledger list: the next
+        # generated gateway carries it from now on (its status's serves stays as it was).
+        if not self._generated:
+            self._connect_generated([device_id])
+            return self._route[device_id]
+        conn = self._generated[self._generated_assigned % len(self._generated)]
+        self._generated_assigned += 1
+        conn.subscribe(_cmd_topics([device_id]))
+        self._route[device_id] = conn
+        return conn
 
     def send(self, actions: Sequence[Action]) -> None:
         if self.mode == "multiplexed":
@@ -272,8 +322,8 @@ class MqttSink:
                         self._gateway(a.device_id).publish(
                             topic_bytes(will.topic), will.payload, retain=True
                         )
-            for gw in self._gateways:
-                gw.wait()
+            for gw in self._gateways.values():
+                gw.conn.wait()
         except WireError as exc:
             raise PublishError(f"gateway connection: {exc}") from exc
 
@@ -286,10 +336,15 @@ class MqttSink:
         for conn in self._devices.values():
             conn.close()
         self._devices.clear()
-        for k, gw in enumerate(self._gateways):
-            gw_id = f"{self._gateway_prefix}-{k:02d}"
-            offline = self._gateway_status(gw_id, PresenceState.OFFLINE, self._gateway_serves[k])
+        for gw_id, gw in self._gateways.items():
+            offline = self._gateway_status(gw_id, PresenceState.OFFLINE, gw.serves)
             with contextlib.suppress(WireError):
-                gw.publish(topic_bytes(offline.topic), offline.payload, retain=True)
-            gw.close()
+                gw.conn.publish(topic_bytes(offline.topic), offline.payload, retain=True)
+            gw.conn.close()
         self._gateways.clear()
+        self._route.clear()
+        self._generated.clear()
+
+
+def _cmd_topics(device_ids: Iterable[str]) -> list[str]:
+    return [topic_of(device_id, Kind.CMD) for device_id in device_ids]

@@ -1,5 +1,5 @@
-"""The simulator through a real Mosquitto: per-device connections with real Wills, gateways,
-commands over MQTT, and the same bytes as the in-memory run."""
+"""The simulator through a real Mosquitto: per-device connections with real Wills, gateways (the
+ledger's and generated ones), commands over MQTT, and the same bytes as the in-memory run."""
 
 from __future__ import annotations
 
@@ -7,22 +7,27 @@ import threading
 import time
 import uuid
 from collections import defaultdict
+from collections.abc import Callable
+from pathlib import Path
 from typing import Any
 
 import paho.mqtt.client as mqtt
 import pytest
-from firmware_protocol import Command, Rebirth, encode, topic_for
+from firmware_protocol import Command, PresenceState, Rebirth, Status, decode, encode, topic_for
 from paho.mqtt.enums import CallbackAPIVersion
 
 from simulators import (
     MemorySink,
     Simulation,
     SimulationConfig,
+    gateway_assignment,
     generate_ledger,
     machines_from_ledger,
     parse_scenario,
+    write_ledger_csv,
 )
 from simulators.mqtt import BrokerAddress, MqttSink
+from tests.fix_cli import RunCli
 from tests.fix_mqtt import MosquittoBroker
 from tests.simulators.helpers import START_MS
 
@@ -51,10 +56,15 @@ class Subscriber:
             self.messages.append((m.topic, bytes(m.payload)))
 
     def wait_for(self, n: int, timeout: float = 30.0) -> list[tuple[str, bytes]]:
+        return self.wait_until(lambda messages: len(messages) >= n, timeout)
+
+    def wait_until(
+        self, done: Callable[[list[tuple[str, bytes]]], bool], timeout: float = 30.0
+    ) -> list[tuple[str, bytes]]:
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
             with self._lock:
-                if len(self.messages) >= n:
+                if done(self.messages):
                     break
             time.sleep(0.05)
         time.sleep(0.2)  # anything beyond n would be a surplus: let it arrive
@@ -73,8 +83,20 @@ def _by_topic(messages: list[tuple[str, bytes]]) -> dict[str, list[bytes]]:
     return dict(out)
 
 
-def _config(prefix: str, n: int = 6) -> SimulationConfig:
-    machines = machines_from_ledger(generate_ledger(n, seed=5, id_prefix=prefix))
+def _statuses(
+    messages: list[tuple[str, bytes]], device_id: str, *, at_ms: int = START_MS
+) -> list[Status]:
+    out = []
+    for topic, payload in messages:
+        if topic == f"aquafleet/v1/{device_id}/status":
+            status = decode(topic, payload, received_at_ms=at_ms)
+            assert isinstance(status, Status)
+            out.append(status)
+    return out
+
+
+def _config(prefix: str, n: int = 6, gateways: int = 0) -> SimulationConfig:
+    machines = machines_from_ledger(generate_ledger(n, seed=5, id_prefix=prefix, gateways=gateways))
     ids = [m.device_id for m in machines]
     scenario = parse_scenario(
         {
@@ -123,12 +145,82 @@ def test_broker_stream_is_the_in_memory_stream(mqtt_broker: MosquittoBroker, mod
     assert len(wills) >= 2  # the offline machine, and the flapping one at least once
 
 
-def test_commands_over_mqtt_are_acknowledged(mqtt_broker: MosquittoBroker) -> None:
+def test_machines_speak_through_the_ledgers_gateways(mqtt_broker: MosquittoBroker) -> None:
+    prefix = f"G{uuid.uuid4().hex[:6].upper()}"
+    config = _config(prefix, n=12, gateways=3)
+    ids = [m.device_id for m in config.machines]
+    # the last two machines are behind no gateway here: a generated gateway carries them
+    gateway_of = gateway_assignment(config.machines[:-2])
+    ledger_gateways: dict[str, list[str]] = defaultdict(list)
+    for machine, gw_id in gateway_of.items():
+        ledger_gateways[gw_id].append(machine)
+    assert sorted(ledger_gateways) == [f"{prefix}-GW01", f"{prefix}-GW02", f"{prefix}-GW03"]
+    memory = MemorySink()
+    Simulation(config, memory).run()
+    subscriber = Subscriber(mqtt_broker, prefix)
+    sink = MqttSink(
+        BrokerAddress(mqtt_broker.host, mqtt_broker.port), mode="multiplexed", gateways=1,
+        gateway_prefix=f"{prefix}gw", start_ms=START_MS, gateway_of=gateway_of,
+    )  # fmt: skip
+    try:
+        Simulation(config, sink).run()
+    finally:
+        sink.close()
+    got = subscriber.wait_for(len(memory.messages) + 2 * 4)  # 4 gateways: online, offline
+    subscriber.close()
+    expected_gateways = {**ledger_gateways, f"{prefix}gw-00": ids[-2:]}
+    for gw_id, machines in expected_gateways.items():
+        statuses = _statuses(got, gw_id)
+        assert [s.state for s in statuses] == [PresenceState.ONLINE, PresenceState.OFFLINE]
+        assert all(sorted(s.serves) == sorted(machines) for s in statuses), gw_id
+    by_topic = _by_topic(got)
+    speakers = {topic.split("/")[2] for topic in by_topic}
+    assert speakers == set(ids) | set(expected_gateways)
+    of_machines = {t: p for t, p in by_topic.items() if t.split("/")[2] in ids}
+    assert of_machines == _by_topic([(m.topic, m.payload) for m in memory.messages])
+
+
+def test_simulate_multiplexed_uses_the_ledgers_gateways(
+    run_cli: RunCli, tmp_path: Path, mqtt_broker: MosquittoBroker
+) -> None:
+    prefix = f"L{uuid.uuid4().hex[:6].upper()}"
+    ledger = generate_ledger(9, seed=4, id_prefix=prefix, gateways=2)
+    path = tmp_path / "fleet.csv"
+    write_ledger_csv(ledger, path)
+    everyone = Subscriber(mqtt_broker, "")
+    result = run_cli(
+        "simulate", "--ledger", str(path), "--connection", "multiplexed",
+        "--as-fast-as-possible", "--duration", "10m", "--broker-url", mqtt_broker.url,
+    )  # fmt: skip
+    assert result.returncode == 0, result.stderr
+    gateways = [f"aquafleet/v1/{prefix}-GW01/status", f"aquafleet/v1/{prefix}-GW02/status"]
+    got = everyone.wait_until(lambda messages: sum(t in gateways for t, _p in messages) >= 4)
+    everyone.close()
+    gateway_statuses = {
+        topic.split("/")[2] for topic, _p in got if "-GW" in topic or "simgw" in topic
+    }
+    # the ledger's gateways carry every machine; no generated gateway connects
+    assert gateway_statuses == {f"{prefix}-GW01", f"{prefix}-GW02"}
+    for gw_id in gateway_statuses:
+        serves = tuple(sorted(d.device_id for d in ledger.devices if d.gateway_id == gw_id))
+        statuses = _statuses(got, gw_id, at_ms=int(time.time() * 1000))
+        assert [s.serves for s in statuses] == [serves, serves]
+    speakers = {topic.split("/")[2] for topic, _p in got if topic.split("/")[2].startswith(prefix)}
+    assert speakers == {d.device_id for d in ledger.devices} | gateway_statuses
+
+
+@pytest.mark.parametrize(("mode", "gateways"), [("per-device", 0), ("multiplexed", 2)])
+def test_commands_over_mqtt_are_acknowledged(
+    mqtt_broker: MosquittoBroker, mode: str, gateways: int
+) -> None:
     prefix = f"C{uuid.uuid4().hex[:6].upper()}"
-    config = _config(prefix, n=4)
+    config = _config(prefix, n=4, gateways=gateways)
     device = config.machines[0].device_id
     subscriber = Subscriber(mqtt_broker, prefix)
-    sink = MqttSink(BrokerAddress(mqtt_broker.host, mqtt_broker.port), mode="per-device")
+    sink = MqttSink(
+        BrokerAddress(mqtt_broker.host, mqtt_broker.port), mode=mode, start_ms=START_MS,
+        gateway_of=gateway_assignment(config.machines),
+    )  # fmt: skip
     sim = Simulation(config, sink)
     try:
         sink.send(sim.begin())
@@ -145,7 +237,7 @@ def test_commands_over_mqtt_are_acknowledged(mqtt_broker: MosquittoBroker) -> No
     got = subscriber.wait_for(1)
     subscriber.close()
     acks = [p for t, p in got if t == f"aquafleet/v1/{device}/ack"]
-    assert len(acks) == 1
+    assert len(acks) == 1  # one connection carries the machine, so one delivery of the command
     assert b'"cmd_id":"rb-1","status":"succeeded"' in acks[0]
     births = [p for t, p in got if t == f"aquafleet/v1/{device}/birth"]
     assert len(births) == 2  # the first connect, and the rebirth

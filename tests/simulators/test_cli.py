@@ -7,7 +7,9 @@ from pathlib import Path
 
 import orjson
 
-from simulators import MemorySink, Simulation
+from aquafleet.config import Settings
+from aquafleet.ledger.csv_file import read_ledger_csv
+from simulators import MemorySink, Simulation, gateway_assignment, machines_from_database
 from simulators.progress import Progress
 from tests.fix_cli import RunCli
 from tests.fix_mqtt import MosquittoBroker
@@ -56,6 +58,47 @@ def test_generated_ledger_imports(run_cli: RunCli, tmp_path: Path, database_url:
     imported = run_cli("devices", "import", str(path), env=env)
     assert imported.returncode == 0, imported.stderr
     assert "120 added" in imported.stdout
+
+
+def test_generated_ledger_with_gateways_imports_with_them(
+    run_cli: RunCli, tmp_path: Path, database_url: str
+) -> None:
+    path = tmp_path / "fleet.csv"
+    result = run_cli(
+        "simulate", "--generate-ledger", "120", "--gateways", "5", "--out", str(path),
+        "--seed", "3",
+    )  # fmt: skip
+    assert result.returncode == 0, result.stderr
+    assert "behind 5 gateways" in result.stdout
+    written = {
+        d.device_id: d.gateway_id
+        for d in read_ledger_csv(path, default_timezone="Asia/Shanghai").devices
+    }
+    assert set(written.values()) == {f"SIM-GW{k:02d}" for k in range(1, 6)}
+    env = {"AQUAFLEET_DATABASE_URL": database_url}
+    assert run_cli("db", "migrate", env=env).returncode == 0
+    imported = run_cli("devices", "import", str(path), env=env)
+    assert imported.returncode == 0, imported.stderr
+    assert "120 added" in imported.stdout
+    listed = run_cli("devices", "list", "--json", env=env)
+    assert listed.returncode == 0, listed.stderr
+    stored = {
+        d["device_id"]: d["gateway_id"] for d in map(orjson.loads, listed.stdout.splitlines())
+    }
+    assert stored == written
+    # and the simulator run --from-db reads them back
+    machines = machines_from_database(Settings(database_url=database_url))
+    assert gateway_assignment(machines) == written
+
+
+def test_more_gateways_than_machines_is_refused(run_cli: RunCli, tmp_path: Path) -> None:
+    out = tmp_path / "fleet.csv"
+    result = run_cli("simulate", "--generate-ledger", "3", "--gateways", "4", "--out", str(out))
+    assert result.returncode == 2
+    assert result.stderr.strip().splitlines() == [
+        "aquafleet: error: --gateways must not exceed the number of machines"
+    ]
+    assert not out.exists()
 
 
 def test_simulate_to_a_broker_writes_ground_truth(

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import itertools
 from collections import Counter, defaultdict
+from dataclasses import replace
 from datetime import date
 from pathlib import Path
 from typing import Any
@@ -37,7 +38,13 @@ from firmware_protocol import (
 import simulators
 from aquafleet.ledger.csv_file import read_ledger_csv
 from simulators import GroundTruth, MemorySink, Outgoing, RepairAction, Simulation
-from simulators.ledger import generate_ledger, write_ledger_csv
+from simulators.ledger import (
+    gateway_assignment,
+    generate_ledger,
+    ledger_csv_text,
+    machines_from_ledger,
+    write_ledger_csv,
+)
 from tests.simulators.helpers import (
     HOUR_MS,
     START_MS,
@@ -430,6 +437,41 @@ def test_generated_ledger_is_accepted_by_the_ledger_reader(tmp_path: Path) -> No
     assert len({d.hardware_lot for d in again.devices}) == 4
     assert all(d.part_suppliers for d in again.devices)
     assert generate_ledger(300, seed=9, today=date(2025, 3, 1)) == ledger
+
+
+def test_generated_gateways_each_serve_consecutive_sites(tmp_path: Path) -> None:
+    day = date(2025, 3, 1)
+    plain = generate_ledger(300, seed=9, today=day)
+    ledger = generate_ledger(300, seed=9, today=day, gateways=7)
+    # the gateways are added to the ledger generated without them, which stays as it was
+    assert ledger.sites == plain.sites
+    assert [replace(d, gateway_id=None) for d in ledger.devices] == plain.devices
+    assert all(d.gateway_id is None for d in plain.devices)
+    assert generate_ledger(300, seed=9, today=day, gateways=7) == ledger
+    served = Counter(str(d.gateway_id) for d in ledger.devices)
+    assert sorted(served) == [f"SIM-GW{k:02d}" for k in range(1, 8)]
+    assert max(served.values()) - min(served.values()) <= 1
+    # walking the sites in order meets each gateway in one run: its sites are consecutive
+    rank = {site.site_id: k for k, site in enumerate(ledger.sites)}
+    in_site_order = sorted(ledger.devices, key=lambda d: rank[d.site_id])
+    runs = [g for g, _ in itertools.groupby(str(d.gateway_id) for d in in_site_order)]
+    assert runs == sorted(served)
+
+    path = tmp_path / "ledger.csv"
+    write_ledger_csv(ledger, path)
+    again = read_ledger_csv(path, default_timezone="Asia/Shanghai", today=day)
+    assert {d.device_id: d.gateway_id for d in again.devices} == {
+        d.device_id: d.gateway_id for d in ledger.devices
+    }
+    machines = machines_from_ledger(again)
+    assert gateway_assignment(machines) == {d.device_id: str(d.gateway_id) for d in ledger.devices}
+    # without gateways the file differs only by the empty gateway_id column
+    plain_rows = [line.split(",") for line in ledger_csv_text(plain).splitlines()]
+    column = plain_rows[0].index("gateway_id")
+    assert {row[column] for row in plain_rows[1:]} == {""}
+    assert gateway_assignment(machines_from_ledger(plain)) == {}
+    with pytest.raises(ValueError, match="gateways"):
+        generate_ledger(3, gateways=4)
 
 
 def test_ground_truth_file_is_json_lines(tmp_path: Path) -> None:
