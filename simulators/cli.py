@@ -93,8 +93,8 @@ def register(commands: argparse._SubParsersAction) -> None:  # type: ignore[type
     net.add_argument("--broker-url", metavar="URL", help="mqtt://host:port (default: settings)")
     net.add_argument(
         "--connection", choices=("auto", "per-device", "multiplexed"), default="auto",
-        help=f"one connection per machine, or a few gateways (auto: per machine up to "
-        f"{PER_DEVICE_LIMIT} machines)",
+        help=f"one connection per machine, or a few gateways (auto: gateways when the ledger "
+        f"names them, else per machine up to {PER_DEVICE_LIMIT} machines)",
     )  # fmt: skip
     net.add_argument(
         "--gateways", type=positive_int, metavar="G",
@@ -144,7 +144,10 @@ def _simulate(args: argparse.Namespace, settings: Settings) -> int:
     broker = _broker(args.broker_url, settings)
     mode = args.connection
     if mode == "auto":
-        mode = "per-device" if len(machines) <= PER_DEVICE_LIMIT else "multiplexed"
+        # Machines the ledger puts behind a gateway reach the broker through it, as in the field.
+        behind_gateways = any(m.gateway_id for m in machines)
+        small = len(machines) <= PER_DEVICE_LIMIT
+        mode = "per-device" if small and not behind_gateways else "multiplexed"
     config = SimulationConfig(
         machines=machines,
         start_ms=start_ms,
