@@ -12,11 +12,13 @@ Two shapes of connection, as the fleet size asks:
   carried by that gateway (client id, username and status topic the gateway's id, ``serves`` the
   machines the ledger assigns it), so ingest and the broker ACL, which know the ledger, accept
   it. Machines the ledger puts behind none are spread round-robin over generated gateways
-  ``{gateway_prefix}-00`` ... A gateway subscribes to the ``cmd`` topic of each machine it
-  carries, publishes a machine's Will itself when that machine drops, and its own Will is its
-  ``status`` ``lost`` (with ``serves`` when the list fits the schema). Gateways speak MQTT through
-  `simulators._mqtt_wire`, which batches publishes into few socket writes (paho's per-message
-  cost would cap a gateway near 11 000 messages/s).
+  ``{gateway_prefix}-00`` ...: a load-generation transport, not a modelled device, so they
+  publish no status or Will of their own (the ledger does not know them, and ingest would rightly
+  quarantine a status from an unknown id). A gateway subscribes to the ``cmd`` topic of each
+  machine it carries and publishes a machine's Will itself when that machine drops; a ledger
+  gateway's own Will is its ``status`` ``lost`` (with ``serves`` when the list fits the schema).
+  Gateways speak MQTT through `simulators._mqtt_wire`, which batches publishes into few socket
+  writes (paho's per-message cost would cap a gateway near 11 000 messages/s).
 
 Ordering is kept per machine (one machine always uses one connection). `send` waits for the
 broker's acknowledgements before it returns, so memory stays bounded at any speed.
@@ -149,6 +151,7 @@ class _Conn:
 class _Gateway:
     conn: WireConnection
     serves: tuple[str, ...]  # as its status says: empty when the list exceeds the schema's limit
+    announced: bool  # a ledger gateway publishes its status; a generated one does not
 
 
 class MqttSink:
@@ -198,7 +201,7 @@ class MqttSink:
             by_gateway.setdefault(gw_id, []).append(machine)
         for gw_id, machines in sorted(by_gateway.items()):
             # the username is the gateway's id, as the broker ACL of section 2.2 expects
-            self._connect_gateway(gw_id, machines, username=gw_id)
+            self._connect_gateway(gw_id, machines, username=gw_id, announced=True)
         connecting = (a.device_id for a in actions if isinstance(a, Connect))
         unrouted = dict.fromkeys(m for m in connecting if m not in self._route)
         if unrouted or not self._ledger_gateway_of:
@@ -209,13 +212,16 @@ class MqttSink:
         for k in range(n):
             self._generated.append(
                 self._connect_gateway(
-                    f"{self._gateway_prefix}-{k:02d}", machines[k::n], username=self.broker.username
+                    f"{self._gateway_prefix}-{k:02d}",
+                    machines[k::n],
+                    username=self.broker.username,
+                    announced=False,
                 )
             )
         self._generated_assigned = len(machines)
 
     def _connect_gateway(
-        self, gw_id: str, machines: Sequence[str], *, username: str | None
+        self, gw_id: str, machines: Sequence[str], *, username: str | None, announced: bool
     ) -> WireConnection:
         serves = tuple(machines) if len(machines) <= _MAX_SERVES else ()
         will = self._gateway_status(gw_id, PresenceState.LOST, serves)
@@ -226,18 +232,19 @@ class MqttSink:
                 client_id=gw_id,
                 username=username,
                 password=self.broker.password,
-                will=(will.topic, will.payload),
+                will=(will.topic, will.payload) if announced else None,
                 # its own commands, as any device, and those of each machine it serves; what
                 # the broker ACL allows a gateway, and each command reaches one gateway only
                 subscribe=_cmd_topics([gw_id, *machines]),
                 on_message=self._receive,
                 tls=self.broker.tls,
             )
-            online = self._gateway_status(gw_id, PresenceState.ONLINE, serves)
-            conn.publish(topic_bytes(online.topic), online.payload, retain=True)
+            if announced:
+                online = self._gateway_status(gw_id, PresenceState.ONLINE, serves)
+                conn.publish(topic_bytes(online.topic), online.payload, retain=True)
         except WireError as exc:
             raise PublishError(f"gateway {gw_id}: {exc}") from exc
-        self._gateways[gw_id] = _Gateway(conn, serves)
+        self._gateways[gw_id] = _Gateway(conn, serves, announced)
         for machine in machines:
             self._route[machine] = conn
         return conn
@@ -337,9 +344,10 @@ class MqttSink:
             conn.close()
         self._devices.clear()
         for gw_id, gw in self._gateways.items():
-            offline = self._gateway_status(gw_id, PresenceState.OFFLINE, gw.serves)
-            with contextlib.suppress(WireError):
-                gw.conn.publish(topic_bytes(offline.topic), offline.payload, retain=True)
+            if gw.announced:
+                offline = self._gateway_status(gw_id, PresenceState.OFFLINE, gw.serves)
+                with contextlib.suppress(WireError):
+                    gw.conn.publish(topic_bytes(offline.topic), offline.payload, retain=True)
             gw.conn.close()
         self._gateways.clear()
         self._route.clear()
