@@ -139,17 +139,35 @@ WHERE device_id = %(device_id)s
 
 # Presence from a status or a Will. Connections are ordered by (boot, conn); within one, its end
 # (offline, lost: rank 1) wins over its start, so a Will of an earlier connection arriving late
-# changes nothing.
+# changes nothing. A gateway's status also says which machines it serves now.
 APPLY_STATUS: Final = f"""
 UPDATE device_state SET
     presence = %(state)s, presence_boot = %(boot)s, presence_conn = %(conn)s,
-    presence_rank = %(rank)s, presence_at = {_ms("%(ts_ms)s")}
+    presence_rank = %(rank)s, presence_at = {_ms("%(ts_ms)s")},
+    serves = CASE WHEN cardinality(%(serves)s::text[]) > 0 THEN %(serves)s::text[] ELSE serves END
 WHERE device_id = %(device_id)s
   AND ((presence_boot, presence_conn, presence_rank) IS NULL
        OR (presence_boot, presence_conn, presence_rank) < (%(boot)s, %(conn)s, %(rank)s))
+RETURNING serves
 """
 
-KNOWN_DEVICES: Final = "SELECT device_id FROM devices"
+# A gateway's Will applied: every machine it served is lost too, until it publishes a newer
+# birth or status (which then wins by its (boot, conn)).
+SERVED_LOST: Final = f"""
+UPDATE device_state SET presence = 'lost', presence_at = {_ms("%s")}
+WHERE device_id IN (
+    SELECT device_id FROM device_state WHERE device_id = ANY(%s)
+    ORDER BY device_id FOR UPDATE
+)
+"""
+
+# Machines, and the gateways the ledger puts them behind (a gateway's own birth and status are
+# accepted; its id is no machine's).
+KNOWN_DEVICES: Final = """
+SELECT device_id FROM devices
+UNION
+SELECT gateway_id FROM devices WHERE gateway_id IS NOT NULL
+"""
 
 # -- the gap scan ---------------------------------------------------------------------------------
 

@@ -88,6 +88,7 @@ class StatusRow:
     received_ms: int
     state: str
     rank: int
+    serves: list[str]
 
 
 @dataclass
@@ -206,6 +207,7 @@ class Preparer:
                         received_ms,
                         msg.state.value,
                         _PRESENCE_RANK[msg.state.value],
+                        list(msg.serves),
                     )
                 )
                 _saw(seen, device_id, received_ms, ts)

@@ -219,6 +219,7 @@ class BatchWriter:
                     "rank": 0,
                     "state": "online",
                     "ts_ms": b.ts_ms,
+                    "serves": [],
                 }
                 for b in births
             ] + [
@@ -229,11 +230,15 @@ class BatchWriter:
                     "rank": s.rank,
                     "state": s.state,
                     "ts_ms": s.ts_ms,
+                    "serves": s.serves,
                 }
                 for s in batch.statuses
             ]
-            if presence:
-                cur.executemany(_sql.APPLY_STATUS, presence)
+            # One by one: few per batch, and whether each applied decides what follows.
+            for status in presence:
+                applied = cur.execute(_sql.APPLY_STATUS, status).fetchone()
+                if applied is not None and status["state"] == "lost" and applied[0]:
+                    cur.execute(_sql.SERVED_LOST, (status["ts_ms"], applied[0]))
 
 
 def is_transient(exc: psycopg.Error) -> bool:

@@ -47,10 +47,12 @@ def register(commands: argparse._SubParsersAction) -> None:  # type: ignore[type
 
 def _credentials(args: argparse.Namespace, settings: Settings) -> int:
     with Database.open(settings) as database, database.connection() as conn:
-        devices = [
-            d.device_id for d in LedgerRepository(conn).devices() if d.status is DeviceStatus.ACTIVE
-        ]
-    plan = write_credentials(args.out, devices)
+        active = [d for d in LedgerRepository(conn).devices() if d.status is DeviceStatus.ACTIVE]
+    gateways: dict[str, list[str]] = {}
+    for device in active:
+        if device.gateway_id is not None:
+            gateways.setdefault(device.gateway_id, []).append(device.device_id)
+    plan = write_credentials(args.out, [d.device_id for d in active], gateways)
     out(
         f"{len(plan.passwords)} user(s): {len(plan.added)} added, {len(plan.removed)} removed, "
         f"{len(plan.kept)} kept"

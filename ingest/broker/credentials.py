@@ -1,13 +1,17 @@
 """Per-device broker credentials from the equipment ledger.
 
-Each active machine of the ledger gets a user named by its device id and a random password;
-the service accounts (``_ingest``, ``_commander``) get theirs. Passwords already issued are kept
-when the files are written again (machines in the field hold them), machines no longer active
-are dropped, and new ones are added, so the command can run after every ledger import.
+Each active machine of the ledger gets a user named by its device id and a random password,
+so does each gateway the ledger puts machines behind, and the service accounts (``_ingest``,
+``_commander``). The ACL is the static ``aclfile`` plus, per gateway, the machines it may
+publish for and whose commands it may read (firmware-protocol sections 2.2 and 12).
+
+Passwords already issued are kept when the files are written again (machines in the field hold
+them), machines no longer active are dropped, and new ones are added, so the command can run
+after every ledger import.
 
 Outputs, in one directory:
   aquafleet.passwd       Mosquitto password file (PBKDF2-SHA512, Mosquitto's ``$7$`` format)
-  aquafleet.acl          the ACL, a copy of ``aclfile``
+  aquafleet.acl          the ACL: ``aclfile`` and the gateways' sections
   credentials.csv        user,password in clear, for provisioning: mode 0600, keep it secret
 """
 
@@ -64,8 +68,26 @@ class CredentialSet:
     kept: tuple[str, ...] = field(default=())
 
 
+UPLINK_KINDS = ("birth", "telemetry", "event", "status", "ack")
+
+
+def gateway_acl(gateways: Mapping[str, Iterable[str]]) -> str:
+    """ACL sections for gateways: each may publish and read commands for its machines only."""
+    lines: list[str] = []
+    for gateway in sorted(gateways):
+        lines += [
+            "",
+            f"# gateway {gateway}: the machines the ledger puts behind it",
+            f"user {gateway}",
+        ]
+        for machine in sorted(set(gateways[gateway])):
+            lines += [f"topic write aquafleet/v1/{machine}/{kind}" for kind in UPLINK_KINDS]
+            lines.append(f"topic read aquafleet/v1/{machine}/cmd")
+    return "\n".join(lines) + "\n" if lines else ""
+
+
 def plan_credentials(devices: Iterable[str], existing: Mapping[str, str]) -> CredentialSet:
-    """Passwords for ``devices`` and the service accounts, keeping those in ``existing``."""
+    """Passwords for ``devices`` (and gateways) and the service accounts, keeping ``existing``."""
     wanted: list[str] = []
     for device_id in devices:
         if not is_valid_device_id(device_id):
@@ -99,11 +121,17 @@ def read_clear(path: Path) -> dict[str, str]:
         raise CredentialsError(f"{path}: not a user,password file") from None
 
 
-def write_credentials(out_dir: Path, devices: Iterable[str]) -> CredentialSet:
-    """Write the password file, the ACL and the clear credentials into ``out_dir``."""
+def write_credentials(
+    out_dir: Path, devices: Iterable[str], gateways: Mapping[str, Iterable[str]] | None = None
+) -> CredentialSet:
+    """Write the password file, the ACL and the clear credentials into ``out_dir``.
+
+    ``gateways`` maps a gateway id to the machines behind it.
+    """
+    gateways = gateways or {}
     out_dir.mkdir(parents=True, exist_ok=True)
     clear_path = out_dir / CLEAR_NAME
-    plan = plan_credentials(devices, read_clear(clear_path))
+    plan = plan_credentials([*devices, *gateways], read_clear(clear_path))
     _write_private(
         clear_path,
         "user,password\n" + "".join(f"{u},{p}\n" for u, p in plan.passwords.items()),
@@ -112,7 +140,7 @@ def write_credentials(out_dir: Path, devices: Iterable[str]) -> CredentialSet:
         out_dir / PASSWD_NAME,
         "".join(f"{u}:{mosquitto_hash(p)}\n" for u, p in plan.passwords.items()),
     )
-    (out_dir / ACL_NAME).write_text(ACL_FILE.read_text())
+    (out_dir / ACL_NAME).write_text(ACL_FILE.read_text() + gateway_acl(gateways))
     return plan
 
 

@@ -16,6 +16,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import paho.mqtt.client as mqtt
+import psycopg
 import pytest
 from paho.mqtt.enums import CallbackAPIVersion
 from paho.mqtt.properties import Properties
@@ -26,7 +27,8 @@ from tests.fix_mqtt import MosquittoBroker, find_mosquitto
 from tests.ingest.conftest import AQUAFLEET, DEVICES, MakeIngest
 from tests.ingest.fleet import as_raw, count, telemetry, wait_until
 
-A, B = DEVICES[0], DEVICES[1]
+A, B, C = DEVICES[0], DEVICES[1], DEVICES[2]
+GATEWAY = "GW-CAMPUS-01"  # the ledger puts A and B behind it
 OBSERVER = "_observer"
 
 
@@ -54,6 +56,11 @@ class ProductionBroker(MosquittoBroker):
 def _credentials(tmp_path: Path, database_url: str) -> tuple[Path, dict[str, str]]:
     import os
     import subprocess
+
+    with psycopg.connect(database_url) as conn:
+        conn.execute(
+            "UPDATE devices SET gateway_id = %s WHERE device_id = ANY(%s)", (GATEWAY, [A, B])
+        )
 
     out = tmp_path / "broker"
     env = {k: v for k, v in os.environ.items() if not k.startswith("AQUAFLEET_")}
@@ -159,11 +166,13 @@ def test_credentials_cover_the_ledger_and_keep_issued_passwords(
     out, first = _credentials(tmp_path, ledger_url)
     _, second = _credentials(tmp_path, ledger_url)
 
-    assert set(DEVICES) | {INGEST_USER, COMMANDER_USER} <= set(first)
+    assert set(DEVICES) | {GATEWAY, INGEST_USER, COMMANDER_USER} <= set(first)
     assert first == second
     assert (out / "credentials.csv").stat().st_mode & 0o777 == 0o600
     assert (out / "aquafleet.passwd").stat().st_mode & 0o777 == 0o600
-    assert (out / "aquafleet.acl").read_text() == ACL_FILE.read_text()
+    acl = (out / "aquafleet.acl").read_text()
+    assert acl.startswith(ACL_FILE.read_text())
+    assert f"user {GATEWAY}\ntopic write aquafleet/v1/{A}/birth" in acl
 
 
 def _attempt(broker: MosquittoBroker, user: str, password: str, topic: str) -> ReasonCode:
@@ -291,3 +300,36 @@ def test_ingest_with_a_wrong_password_stops_with_one_line(
     assert ingest.process is not None
     assert ingest.process.wait(30) == 1
     assert "refused the connection" in ingest.log().strip().splitlines()[-1]
+
+
+def test_a_gateway_publishes_for_its_machines_only(
+    secured: tuple[ProductionBroker, dict[str, str]],
+) -> None:
+    broker, passwords = secured
+    observer = Client(broker, OBSERVER, passwords[OBSERVER])
+    observer.subscribe("#")
+    gateway = Client(broker, GATEWAY, passwords[GATEWAY])
+    commander = Client(broker, COMMANDER_USER, passwords[COMMANDER_USER])
+    try:
+        gateway.subscribe("aquafleet/v1/+/cmd")
+        for machine in (A, B):
+            raw = as_raw(telemetry(machine, 1))
+            assert not gateway.publish(raw.topic, raw.payload).is_failure
+        assert not gateway.publish(f"aquafleet/v1/{GATEWAY}/status", b"{}").is_failure
+        # C is behind no gateway: the gateway cannot speak for it.
+        assert _attempt(broker, GATEWAY, passwords[GATEWAY], f"aquafleet/v1/{C}/telemetry")\
+            .getName() == "Not authorized"  # fmt: skip
+        for machine in (A, C):
+            assert not commander.publish(f"aquafleet/v1/{machine}/cmd", b"{}").is_failure
+
+        wait_until(lambda: f"aquafleet/v1/{A}/cmd" in gateway.topics(), message="A's command")
+        time.sleep(0.3)
+        assert gateway.topics() == [f"aquafleet/v1/{A}/cmd"]
+        uplink = [t for t in observer.topics() if not t.endswith("/cmd")]
+        assert sorted(uplink) == sorted(
+            [f"aquafleet/v1/{A}/telemetry", f"aquafleet/v1/{B}/telemetry",
+             f"aquafleet/v1/{GATEWAY}/status"]
+        )  # fmt: skip
+    finally:
+        for c in (observer, gateway, commander):
+            c.close()

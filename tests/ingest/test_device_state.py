@@ -3,13 +3,14 @@
 from __future__ import annotations
 
 import random
+import time
 import uuid
 from collections.abc import Iterator
 
 import paho.mqtt.client as mqtt
 import psycopg
 import pytest
-from firmware_protocol import Command, Message, PresenceState, Resend, decode
+from firmware_protocol import Command, Message, PresenceState, Resend, Status, decode
 from paho.mqtt.enums import CallbackAPIVersion
 
 from aquafleet.db import Database
@@ -204,3 +205,39 @@ def test_reordering_within_the_window_is_not_a_gap(
         message="the scan past the messages",
     )
     assert count(ledger_url, "sequence_gaps") == 0
+
+
+def test_a_gateways_will_marks_the_machines_it_served_lost(
+    worker: IngestWorker, ledger_url: str, mqtt_broker: MosquittoBroker
+) -> None:
+    a, b, gateway = DEVICES[0], DEVICES[1], "GW-CAMPUS-01"
+    with psycopg.connect(ledger_url) as conn:
+        conn.execute(
+            "UPDATE devices SET gateway_id = %s WHERE device_id = ANY(%s)", (gateway, [a, b])
+        )
+    # The worker reloads its device cache early, on an unknown id, at most once a second.
+    time.sleep(1.1)
+    t = now_ms()
+    online = Status(device_id=gateway, boot=1, conn=1, ts=t, state=PresenceState.ONLINE,
+                    serves=(a, b))  # fmt: skip
+    will = Status(device_id=gateway, boot=1, conn=1, ts=t, state=PresenceState.LOST,
+                  serves=(a, b))  # fmt: skip
+    stranger = status("GW-NOT-IN-LEDGER", PresenceState.ONLINE)
+    _publish_one_by_one(
+        mqtt_broker,
+        worker,
+        [online, birth(a, conn=1), birth(b, conn=1), stranger, will],
+    )
+
+    with psycopg.connect(ledger_url) as conn:
+        rows = conn.execute("SELECT device_id, presence FROM device_state").fetchall()
+    presence = {str(d): str(p) for d, p in rows}
+    assert presence == {gateway: "lost", a: "lost", b: "lost"}
+    assert count(ledger_url, "quarantine", "reason = 'unknown_device'") == 1
+
+    # A comes back through the gateway's next link session to it; B stays lost.
+    _publish_one_by_one(mqtt_broker, worker, [birth(a, conn=2, seq=1)])
+    assert _state(ledger_url, "presence") == "online"
+    assert (
+        scalar(ledger_url, "SELECT presence FROM device_state WHERE device_id = %s", (b,)) == "lost"
+    )

@@ -60,6 +60,7 @@ CREATE TABLE device_state (
     config          jsonb,
     stages          jsonb,
     faults          text[],
+    serves          text[],                    -- gateways: the machines of the latest status
     updated_at      timestamptz NOT NULL DEFAULT now()
 );
 
