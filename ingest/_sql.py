@@ -175,7 +175,7 @@ SELECT gateway_id FROM devices WHERE gateway_id IS NOT NULL
 GAP_SCAN_LOCK: Final = "SELECT pg_try_advisory_xact_lock(%s)"
 GAP_SCAN_LOCK_KEY: Final = 0x0A0AF1E6A9
 
-# The slice of device time to scan now: from where the last scan stopped (or one reorder window
+# The slice of receive time to scan now: from where the last scan stopped (or one reorder window
 # back at the first scan) to now minus the reorder window, at most max_s long.
 GAP_SCAN_SLICE: Final = """
 SELECT COALESCE((SELECT scanned_to FROM gap_scan_state WHERE id = 1),
@@ -198,7 +198,7 @@ CROSS JOIN LATERAL (
     SELECT max(q.seq) AS prev FROM message_keys q
     WHERE q.device_id = k.device_id AND q.boot = k.boot AND q.seq < k.seq
 ) p
-WHERE k.time >= %s AND k.time < %s
+WHERE k.received_at >= %s AND k.received_at < %s
   AND NOT EXISTS (
       SELECT 1 FROM message_keys q
       WHERE q.device_id = k.device_id AND q.boot = k.boot AND q.seq = k.seq - 1

@@ -6,7 +6,7 @@ added to the ledger is accepted within a second while a flood from unknown ids c
 second, not one per message.
 
 `GapScanner` looks for holes in each device's sequence among the messages older than the
-reorder window (so reordering between workers is over), in slices of device time, one worker at
+reorder window (so reordering between workers is over), in slices of receive time, one worker at
 a time. A hole found and still open goes to `sequence_gaps` with a resend command for it in the
 command outbox, in the same transaction; a hole the replay has filled is closed.
 """
