@@ -323,9 +323,12 @@ def _make_broker(
     )
 
 
-@pytest.fixture(scope="session")
+# One broker per test module, not per session: retained messages (the status of every machine
+# a module's fleet ran) outlive the test that published them, and Mosquitto delivers retained
+# messages to shared subscriptions too, so a later module's ingest would receive them.
+@pytest.fixture(scope="module")
 def mqtt_broker() -> Iterator[MosquittoBroker]:
-    """The session's broker: anonymous access, persistence on."""
+    """The module's broker: anonymous access, persistence on."""
     broker = _make_broker()
     try:
         broker.start()
