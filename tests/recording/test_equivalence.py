@@ -48,6 +48,7 @@ WALL_CLOCK_COLUMNS = frozenset(
         "filled_at",
         "created_at",
         "sent_at",
+        "scanned_to",  # the gap scan's progress, in receive time
     }
 )
 # Ledger tables are imported, not ingested; the migrations table is the schema's own.
