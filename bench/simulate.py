@@ -3,7 +3,9 @@
 Runs the simulator as fast as possible over a few simulated minutes, multiplexed over a few
 gateway connections (as ``aquafleet simulate`` does at that size), and prints simulated
 machine-minutes per second of wall time, messages per second, and resident memory per machine.
-Ends with one JSON line of the figures.
+The baseline, measured in the same run: the last simulated minute's messages, already built,
+published again as many times through the same connections; the ratio is what modelling and
+encoding leave of the transport's own rate. Ends with one JSON line of the figures.
 
     .venv/bin/python bench/simulate.py [--machines 100000] [--minutes 10] [--gateways 4]
 """
@@ -22,6 +24,7 @@ from pathlib import Path
 
 from simulators import Simulation, SimulationConfig, generate_ledger, machines_from_ledger
 from simulators.mqtt import BrokerAddress, MqttSink
+from simulators.sinks import Action, Outgoing
 
 
 def _rss_bytes() -> int:
@@ -97,13 +100,21 @@ def main() -> None:
             messages0 = sim.stats.messages
             t = time.perf_counter()
             build_s = 0.0
+            last: list[Action] = []
             while not sim.done:
                 b = time.perf_counter()
                 actions = sim.tick()
                 build_s += time.perf_counter() - b
                 sink.send(actions)
+                last = actions
             wall = time.perf_counter() - t
             rss = _rss_bytes()
+            # the baseline: the transport alone, with the messages already built
+            replayed = [a for a in last if isinstance(a, Outgoing)]
+            t = time.perf_counter()
+            for _ in range(args.minutes):
+                sink.send(replayed)
+            baseline_wall = time.perf_counter() - t
             sink.close()
         finally:
             proc.terminate()
@@ -111,11 +122,14 @@ def main() -> None:
 
     machine_minutes = sim.stats.machine_minutes
     messages = sim.stats.messages - messages0
+    baseline_rate = len(replayed) * args.minutes / baseline_wall
     result = {
         "machines": args.machines,
         "simulated_minutes": args.minutes,
         "machine_minutes_per_s": round(machine_minutes / wall),
         "messages_per_s": round(messages / wall),
+        "baseline_publish_msgs_per_s": round(baseline_rate),
+        "ratio_to_baseline": round(messages / wall / baseline_rate, 3),
         "model_and_encode_share": round(build_s / wall, 2),
         "rss_bytes_per_machine": round((rss - rss0) / args.machines),
         "births_s": round(begin_s, 1),
@@ -127,6 +141,11 @@ def main() -> None:
         f"{result['messages_per_s']:,} messages/s "
         f"({result['model_and_encode_share']:.0%} of it modelling and encoding); "
         f"{result['rss_bytes_per_machine']:,} bytes of memory per machine"
+    )
+    print(
+        f"baseline, the same connections publishing built messages: "
+        f"{result['baseline_publish_msgs_per_s']:,} messages/s; "
+        f"ratio {result['ratio_to_baseline']:.2f}"
     )
     print(json.dumps(result))
 
