@@ -15,7 +15,7 @@ from __future__ import annotations
 import itertools
 import time
 import uuid
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from datetime import date
 from pathlib import Path
@@ -38,6 +38,7 @@ from ingest import IngestConfig, IngestWorker
 from simulators import MemorySink, Simulation, SimulationConfig, generate_ledger, write_ledger_csv
 from simulators.mqtt import BrokerAddress, MqttSink
 from tests.fix_mqtt import MosquittoBroker
+from tests.fix_pg import PgServer
 from tests.simulators.helpers import HOUR_MS, START_MS, config, fleet, of_class, rejections
 from tests.simulators.test_simulation import FAULT_AT, _check
 
@@ -95,8 +96,6 @@ class Stored:
     refused_in_memory: int = 0
 
 
-_STORED: list[Stored] = []
-
 _TELEMETRY_SQL = (
     "SELECT t.device_id, t.boot, t.seq, (extract(epoch FROM t.time) * 1000)::bigint,"
     " t.historical, t.stages, "
@@ -147,15 +146,20 @@ def _read(url: str, chosen: dict[FaultCode, str], refused: int) -> Stored:
     return stored
 
 
-@pytest.fixture
-def stored(database_url: str, mqtt_broker: MosquittoBroker, tmp_path: Path) -> Stored:
-    """The every-fault run through Mosquitto and ingest, done once for the module.
+@pytest.fixture(scope="module")
+def stored(
+    pg_server: PgServer, mqtt_broker: MosquittoBroker, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[Stored]:
+    """The every-fault run through Mosquitto and ingest into a database of its own, done once
+    for the module; each test reads what was stored."""
+    name = pg_server.create_database()
+    try:
+        yield _run_chain(pg_server.url(name), mqtt_broker, tmp_path_factory.mktemp("ledger"))
+    finally:
+        pg_server.drop_database(name)
 
-    `database_url` is per test, so the first test runs the chain and keeps what was stored; the
-    later tests read that copy (their own empty database is unused).
-    """
-    if _STORED:
-        return _STORED[0]
+
+def _run_chain(database_url: str, mqtt_broker: MosquittoBroker, tmp_path: Path) -> Stored:
     machines = fleet(40)
     chosen, scenario = _scenario(machines)
     cfg: SimulationConfig = config(machines, hours=14, scenario=scenario)
@@ -215,9 +219,7 @@ def stored(database_url: str, mqtt_broker: MosquittoBroker, tmp_path: Path) -> S
         _wait_until(gap_recorded, timeout=20, message="the telemetry gap recorded by ingest")
     finally:
         worker.stop()
-    result = _read(database_url, chosen, refused)
-    _STORED.append(result)
-    return result
+    return _read(database_url, chosen, refused)
 
 
 def test_the_whole_run_is_stored(stored: Stored) -> None:
