@@ -9,15 +9,17 @@ from __future__ import annotations
 
 import argparse
 import logging
+from dataclasses import replace
 from typing import Any
 
-from aquafleet.cli.app import EXIT_OK, add_command, positive_int
+from aquafleet.cli.app import EXIT_OK, add_command, out, positive_int
 from aquafleet.config import Settings
 from aquafleet.db import Database, migrate
 from aquafleet.errors import ConfigError
 from ingest import logs
 from ingest.broker import cli as broker_cli
 from ingest.config import DEFAULT_GROUP, IngestConfig, Protocol, default_client_id
+from ingest.retire import retire_session
 from ingest.runner import RunOptions, run_ingest
 
 log = logging.getLogger("ingest.cli")
@@ -47,7 +49,14 @@ def register(commands: argparse._SubParsersAction) -> None:  # type: ignore[type
         default=None,
         metavar="ID",
         help="MQTT client id; keep it stable, the broker keeps the session under it "
-        "(default: aquafleet-ingest-HOSTNAME; workers add -0, -1, ...)",
+        "(default: aquafleet-ingest-HOSTNAME; each worker adds -0, -1, ...)",
+    )
+    parser.add_argument(
+        "--retire-session",
+        default=None,
+        metavar="ID",
+        help="store what the broker queued for the session of client ID (a worker no longer "
+        "run, e.g. after lowering --workers), then end that session and exit",
     )
     parser.add_argument(
         "--group",
@@ -159,10 +168,22 @@ def _ingest(args: argparse.Namespace, settings: Settings) -> int:
         max_inflight=max(args.max_inflight, args.batch_rows),
         reorder_window_s=args.reorder_window,
     )
+    if args.retire_session is not None:
+        if args.workers > 1 or args.no_shared:
+            raise ConfigError(["--retire-session: retires one session; drop --workers/--no-shared"])
+        config = replace(config, client_id=args.retire_session)
     with Database.open(settings) as database:
         if not args.no_migrate:
             for applied in migrate(database):
                 log.info("applied migration %04d_%s", applied.version, applied.name)
+        if args.retire_session is not None:
+            counters = retire_session(config, database)
+            out(
+                f"retired session {args.retire_session}: {counters.received} message(s) "
+                f"received, {counters.stored} stored, {counters.duplicates} duplicate(s), "
+                f"{counters.quarantined} quarantined"
+            )
+            return EXIT_OK
         run_ingest(
             config,
             database.url,

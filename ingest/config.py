@@ -91,8 +91,10 @@ class IngestConfig:
             return self.topics
         return tuple(f"$share/{self.group}/{topic}" for topic in self.topics)
 
-    def for_worker(self, index: int, count: int) -> IngestConfig:
-        """The settings of worker ``index`` of ``count``: its own client id (and session)."""
-        if count == 1:
-            return self
+    def for_worker(self, index: int) -> IngestConfig:
+        """The settings of worker ``index``: its own client id (and session).
+
+        The index is in the id whatever the count, so raising ``--workers`` keeps every
+        existing session in use; lowering it leaves sessions to retire (`ingest.retire`).
+        """
         return replace(self, client_id=f"{self.client_id[:60]}-{index}")

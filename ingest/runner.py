@@ -165,7 +165,7 @@ class _Supervisor:
     def __init__(
         self, config: IngestConfig, database_url: str, options: RunOptions, stop: threading.Event
     ) -> None:
-        self._configs = [config.for_worker(i, options.workers) for i in range(options.workers)]
+        self._configs = [config.for_worker(i) for i in range(options.workers)]
         self._database_url = database_url
         self._options = options
         self._stop = stop

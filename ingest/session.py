@@ -109,12 +109,18 @@ class MqttSession:
         self._thread = threading.Thread(target=self._run, name="ingest-mqtt", daemon=True)
         self._thread.start()
 
-    def stop(self, timeout: float = 10.0) -> None:
+    def stop(self, timeout: float = 10.0, *, end_session: bool = False) -> None:
+        """Disconnect; with ``end_session`` the broker also drops the session (MQTT 5 only)
+        and with it this client's membership of the shared subscription."""
         self._stop.set()
         if self._thread is not None:
             self._thread.join(timeout)
+        properties = None
+        if end_session and self._protocol == mqtt.MQTTv5:
+            properties = Properties(PacketTypes.DISCONNECT)  # type: ignore[no-untyped-call]
+            properties.SessionExpiryInterval = 0
         with contextlib.suppress(OSError, ValueError):
-            self._client.disconnect()
+            self._client.disconnect(properties=properties)
 
     def acknowledge(self, messages: list[tuple[int, int]]) -> None:
         """Acknowledge (generation, mid) pairs once they are durable; sent by the loop thread."""

@@ -95,8 +95,10 @@ class IngestWorker:
             self.kill()
             raise
 
-    def stop(self, timeout: float = _DRAIN_TIMEOUT_S) -> None:
-        """Stop taking messages, store and acknowledge those received, then disconnect."""
+    def stop(self, timeout: float = _DRAIN_TIMEOUT_S, *, end_session: bool = False) -> None:
+        """Stop taking messages, store and acknowledge those received, then disconnect.
+
+        ``end_session`` also ends the broker session (see `ingest.retire`)."""
         self._session.pause()
         self._closing.set()
         for thread in self._threads:
@@ -109,7 +111,7 @@ class IngestWorker:
             for thread in self._threads:
                 thread.join(5)
         self._session.flush_acks(timeout=5)
-        self._session.stop()
+        self._session.stop(end_session=end_session)
         self._end_writer_process(kill=False)
         if self._store is not None:
             self._store.close()
