@@ -6,7 +6,7 @@ from collections.abc import Iterable
 from datetime import UTC, date, datetime
 from typing import Any
 
-from firmware_protocol import MachineClass, Message, Rejected, decode
+from firmware_protocol import FaultCode, MachineClass, Message, Rejected, decode
 
 from simulators import (
     MachineSpec,
@@ -79,3 +79,25 @@ def rejections(messages: Iterable[Outgoing]) -> list[tuple[Outgoing, str]]:
         except Rejected as exc:
             out.append((m, exc.reason.value))
     return out
+
+
+def every_fault_scenario(
+    machines: Iterable[MachineSpec],
+) -> tuple[dict[FaultCode, str], dict[str, Any]]:
+    """Every fault of the table on a machine of its own, 8 h in; with the machine of each."""
+    machines = list(machines)
+    campus = of_class(machines, MachineClass.CAMPUS)
+    vending = of_class(machines, MachineClass.VENDING)
+    chosen: dict[FaultCode, str] = {}
+    faults: list[dict[str, Any]] = []
+    for code in FaultCode:
+        pool = vending if code is FaultCode.PAYMENT_FAULT else campus
+        device = pool.pop(0)
+        chosen[code] = device
+        item: dict[str, Any] = {"fault": code.value, "devices": [device], "at": "+8h"}
+        if code is FaultCode.PREFILTER_CLOGGED:
+            item["params"] = {"ramp": "2h"}
+        if code in (FaultCode.POWER_LOSS, FaultCode.OFFLINE, FaultCode.TELEMETRY_GAP):
+            item["duration"] = "30m"
+        faults.append(item)
+    return chosen, {"faults": faults}

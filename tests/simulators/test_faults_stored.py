@@ -26,7 +26,6 @@ import pytest
 from firmware_protocol import (
     METRIC_NAMES,
     FaultCode,
-    MachineClass,
     Metrics,
     StageUsage,
     Telemetry,
@@ -39,7 +38,14 @@ from simulators import MemorySink, Simulation, SimulationConfig, generate_ledger
 from simulators.mqtt import BrokerAddress, MqttSink
 from tests.fix_mqtt import MosquittoBroker
 from tests.fix_pg import PgServer
-from tests.simulators.helpers import HOUR_MS, START_MS, config, fleet, of_class, rejections
+from tests.simulators.helpers import (
+    HOUR_MS,
+    START_MS,
+    config,
+    every_fault_scenario,
+    fleet,
+    rejections,
+)
 from tests.simulators.test_simulation import FAULT_AT, _check
 
 pytestmark = pytest.mark.slow
@@ -60,25 +66,6 @@ def _wait_until(check: Callable[[], bool], *, timeout: float, message: str) -> N
         if time.monotonic() > deadline:
             raise AssertionError(f"timed out waiting for {message}")
         time.sleep(0.1)
-
-
-def _scenario(machines: Any) -> tuple[dict[FaultCode, str], dict[str, Any]]:
-    """test_simulation's every_fault scenario, with the machine each fault is on."""
-    campus = of_class(machines, MachineClass.CAMPUS)
-    vending = of_class(machines, MachineClass.VENDING)
-    chosen: dict[FaultCode, str] = {}
-    faults: list[dict[str, Any]] = []
-    for code in FaultCode:
-        pool = vending if code is FaultCode.PAYMENT_FAULT else campus
-        device = pool.pop(0)
-        chosen[code] = device
-        item: dict[str, Any] = {"fault": code.value, "devices": [device], "at": "+8h"}
-        if code is FaultCode.PREFILTER_CLOGGED:
-            item["params"] = {"ramp": "2h"}
-        if code in (FaultCode.POWER_LOSS, FaultCode.OFFLINE, FaultCode.TELEMETRY_GAP):
-            item["duration"] = "30m"
-        faults.append(item)
-    return chosen, {"faults": faults}
 
 
 @dataclass
@@ -161,7 +148,7 @@ def stored(
 
 def _run_chain(database_url: str, mqtt_broker: MosquittoBroker, tmp_path: Path) -> Stored:
     machines = fleet(40)
-    chosen, scenario = _scenario(machines)
+    chosen, scenario = every_fault_scenario(machines)
     cfg: SimulationConfig = config(machines, hours=14, scenario=scenario)
 
     ledger_path = tmp_path / "ledger.csv"

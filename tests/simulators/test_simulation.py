@@ -50,6 +50,7 @@ from tests.simulators.helpers import (
     START_MS,
     config,
     decoded,
+    every_fault_scenario,
     fleet,
     of_class,
     rejections,
@@ -210,21 +211,8 @@ def _check(code: FaultCode, ts: list[Telemetry], msgs: list[Message]) -> bool:
 @pytest.fixture(scope="module")
 def every_fault() -> tuple[dict[FaultCode, str], MemorySink, GroundTruth, list[Outgoing]]:
     machines = fleet(40)
-    campus = of_class(machines, MachineClass.CAMPUS)
-    vending = of_class(machines, MachineClass.VENDING)
-    chosen: dict[FaultCode, str] = {}
-    faults: list[dict[str, Any]] = []
-    for code in FaultCode:
-        pool = vending if code is FaultCode.PAYMENT_FAULT else campus
-        device = pool.pop(0)
-        chosen[code] = device
-        item: dict[str, Any] = {"fault": code.value, "devices": [device], "at": "+8h"}
-        if code is FaultCode.PREFILTER_CLOGGED:
-            item["params"] = {"ramp": "2h"}
-        if code in (FaultCode.POWER_LOSS, FaultCode.OFFLINE, FaultCode.TELEMETRY_GAP):
-            item["duration"] = "30m"
-        faults.append(item)
-    sim, sink = run(config(machines, hours=14, scenario={"faults": faults}))
+    chosen, scenario = every_fault_scenario(machines)
+    sim, sink = run(config(machines, hours=14, scenario=scenario))
     return chosen, sink, sim.truth, sink.messages
 
 
