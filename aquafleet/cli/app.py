@@ -29,9 +29,6 @@ class CommandParser(argparse.ArgumentParser):
         raise SystemExit(EXIT_USAGE)
 
 
-Subparsers = "argparse._SubParsersAction[CommandParser]"
-
-
 def add_command(
     subparsers: argparse._SubParsersAction,  # type: ignore[type-arg]
     name: str,

@@ -6,7 +6,6 @@ reads it back.
 
 from aquafleet.ledger.csv_file import COLUMNS, read_ledger_csv
 from aquafleet.ledger.models import (
-    DEVICE_ID_PATTERN,
     REPLACEABLE_PARTS,
     Device,
     DeviceClass,
@@ -18,7 +17,6 @@ from aquafleet.ledger.repository import ImportSummary, LedgerRepository
 
 __all__ = [
     "COLUMNS",
-    "DEVICE_ID_PATTERN",
     "REPLACEABLE_PARTS",
     "Device",
     "DeviceClass",

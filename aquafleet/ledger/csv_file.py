@@ -14,9 +14,11 @@ from pathlib import Path
 from typing import TypeVar
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
+# A device id is a topic level: the protocol's rule is the one rule for it.
+from firmware_protocol import is_valid_device_id
+
 from aquafleet.errors import LedgerImportError, RowProblem
 from aquafleet.ledger.models import (
-    DEVICE_ID_PATTERN,
     REPLACEABLE_PARTS,
     Device,
     DeviceClass,
@@ -172,7 +174,7 @@ def _choice(enum: type[_E], name: str, value: str) -> _E:
 
 def _parse_row(row: dict[str, str], default_timezone: str, today: date) -> tuple[Site, Device]:
     device_id = _field(row, "device_id")
-    if not DEVICE_ID_PATTERN.match(device_id):
+    if not is_valid_device_id(device_id):
         raise ValueError(
             f"device_id {device_id!r} must be 3-64 letters, digits, '-' or '_', "
             "starting with a letter or digit"
@@ -195,7 +197,7 @@ def _parse_row(row: dict[str, str], default_timezone: str, today: date) -> tuple
         raise ValueError(f"site_timezone {timezone!r} is not an IANA time zone") from None
     status_text = _field(row, "status", required=False) or DeviceStatus.ACTIVE.value
     gateway_id = _field(row, "gateway_id", required=False) or None
-    if gateway_id is not None and not DEVICE_ID_PATTERN.match(gateway_id):
+    if gateway_id is not None and not is_valid_device_id(gateway_id):
         raise ValueError(f"gateway_id {gateway_id!r} must be 3-64 letters, digits, '-' or '_'")
     suppliers = {
         part: supplier

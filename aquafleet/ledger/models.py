@@ -2,13 +2,9 @@
 
 from __future__ import annotations
 
-import re
 from dataclasses import dataclass, field
 from datetime import date
 from enum import StrEnum
-
-# The same identity rule as firmware-protocol/: it is a topic level, so no '/', '+' or '#'.
-DEVICE_ID_PATTERN = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_-]{2,63}$")
 
 # Parts that are replaced in service and bought in from suppliers (policy 4.8, 3.1.4).
 REPLACEABLE_PARTS: tuple[str, ...] = (
