@@ -157,6 +157,14 @@ def run_demo(settings: Settings, options: DemoOptions, out: TextIO) -> DemoSumma
     return summary
 
 
+def _highest_stored_boot(database: Database) -> int:
+    # The demo's machines run again into a database that may hold an earlier run: they power up
+    # again, past every boot stored, as real machines would.
+    with database.connection(autocommit=True) as conn:
+        row = conn.execute("SELECT max(boot) FROM message_keys").fetchone()
+    return int(str(row[0])) if row is not None and row[0] is not None else 0
+
+
 def _run_fleet(
     settings: Settings,
     options: DemoOptions,
@@ -174,6 +182,7 @@ def _run_fleet(
     end_ms = int(time.time() // 60 * 60_000)
     start_ms = end_ms - duration_ms
     config = SimulationConfig(
+        boot_offset=_highest_stored_boot(database),
         machines=tuple(machines),  # type: ignore[arg-type]
         start_ms=start_ms,
         duration_ms=duration_ms,

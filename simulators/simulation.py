@@ -135,6 +135,9 @@ class SimulationConfig:
     resend_depth: int | None = None
     #: Validate codec-built messages against the schemas; None: up to 5 000 machines.
     validate: bool | None = None
+    #: Added to every machine's first boot counter: a fleet run again after an earlier run has
+    #: powered up again, so its messages must not reuse the (device, boot, seq) keys of the last.
+    boot_offset: int = 0
 
     @property
     def end_ms(self) -> int | None:
@@ -202,7 +205,7 @@ class Simulation:
         depth = config.resend_depth
         self.resend_depth = depth if depth is not None else (256 if n <= 2000 else 0)
         frng = np.random.default_rng([config.seed, 0xB007])
-        self.boot = frng.integers(1, 50, n).astype(np.int64)
+        self.boot = frng.integers(1, 50, n).astype(np.int64) + config.boot_offset
         self.conn = self.boot * 2 + frng.integers(0, 5, n)
         self.seq = np.zeros(n, dtype=np.int64)
         self.connected = np.zeros(n, dtype=bool)
