@@ -35,6 +35,7 @@ from paho.mqtt.properties import Properties
 from paho.mqtt.reasoncodes import ReasonCode
 from paho.mqtt.subscribeoptions import SubscribeOptions
 
+from ingest.client import IngestClient
 from ingest.config import IngestConfig, Protocol
 from ingest.errors import BrokerRefused, BrokerUnavailable
 from ingest.metrics import IngestMetrics
@@ -62,6 +63,7 @@ _V311_FATAL_RC = {2: "Client identifier not valid", 4: "Bad user name or passwor
 # One message as it came off the broker, before any decoding:
 # (generation, mid, topic, payload, received_ms). A plain tuple: one is built per message on
 # the MQTT client's thread, the throughput ceiling, and a tuple is the cheapest record there is.
+# mid is 0 for a message delivered at QoS 0, which is never acknowledged.
 Inbound = tuple[int, int, str, bytes, int]
 
 
@@ -151,17 +153,17 @@ class MqttSession:
 
     # -- client set-up -----------------------------------------------------------------------
 
-    def _make_client(self) -> mqtt.Client:
+    def _make_client(self) -> IngestClient:
         cfg = self._config
         if self._protocol == mqtt.MQTTv5:
-            client = mqtt.Client(
+            client = IngestClient(
                 CallbackAPIVersion.VERSION2,
                 client_id=cfg.client_id,
                 protocol=mqtt.MQTTv5,
                 manual_ack=True,
             )
         else:
-            client = mqtt.Client(
+            client = IngestClient(
                 CallbackAPIVersion.VERSION2,
                 client_id=cfg.client_id,
                 protocol=mqtt.MQTTv311,
@@ -175,6 +177,7 @@ class MqttSession:
         client.on_connect = self._on_connect
         client.on_disconnect = self._on_disconnect
         client.on_message = self._on_message
+        client.on_publish_fast = self._on_publish
         client.on_subscribe = self._on_subscribe
         return client
 
@@ -351,19 +354,21 @@ class MqttSession:
                 extra={"event": "disconnected"},
             )
 
-    def _on_message(self, client: mqtt.Client, userdata: Any, message: mqtt.MQTTMessage) -> None:
-        # The hot path: no decoding here, only the handover.
-        self._inflight += 1
+    def _on_publish(self, mid: int, topic: str, payload: bytes, received_ms: int) -> None:
+        # The hot path (see IngestClient): no decoding here, only the handover.
+        if mid:
+            self._inflight += 1
         self._waiting += 1
-        self._sink(
-            (
-                self._generation,
-                message.mid,
-                message.topic,
-                # paho hands a slice of the packet, always bytes in practice
-                cast(bytes, message.payload),
-                int(time.time() * 1000),
-            )
+        self._sink((self._generation, mid, topic, payload, received_ms))
+
+    def _on_message(self, client: mqtt.Client, userdata: Any, message: mqtt.MQTTMessage) -> None:
+        # What IngestClient leaves to paho: a PUBLISH with properties, say.
+        self._on_publish(
+            message.mid if message.qos else 0,
+            message.topic,
+            # paho hands a slice of the packet, always bytes in practice
+            cast(bytes, message.payload),
+            int(time.time() * 1000),
         )
 
     # -- the loop (its own thread) ---------------------------------------------------------------
@@ -401,6 +406,16 @@ class MqttSession:
                 else:
                     try:
                         rc = client.loop(_LOOP_TIMEOUT_S)
+                        # What one read brought holds many messages: take them without a
+                        # select each, while there is room.
+                        limit = 2 * cfg.max_inflight
+                        while (
+                            rc == MQTTErrorCode.MQTT_ERR_SUCCESS
+                            and client.pending()
+                            and self._waiting < limit
+                            and not self._paused.is_set()
+                        ):
+                            rc = client.loop_read()
                     except OSError:
                         rc = MQTTErrorCode.MQTT_ERR_CONN_LOST
                     self._send_acks()
@@ -419,15 +434,22 @@ class MqttSession:
         client = self._client
         generation = self._generation
         connected = self._connected
-        while acks:
-            batch = acks.popleft()
-            sent = 0
-            for gen, mid in batch:
-                if gen == generation and connected:
-                    client.ack(mid, 1)
-                    sent += 1
-            self._inflight -= sent
-            self._waiting -= len(batch)
+        if not acks:
+            return
+        # Every acknowledgement of this turn leaves in one send.
+        client.cork()
+        try:
+            while acks:
+                batch = acks.popleft()
+                sent = 0
+                for gen, mid in batch:
+                    if gen == generation and connected and mid:
+                        client.ack(mid, 1)
+                        sent += 1
+                self._inflight -= sent
+                self._waiting -= len(batch)
+        finally:
+            client.uncork()
 
     def _drop_stale_acks(self) -> None:
         # While disconnected every pending acknowledgement is void.
