@@ -3,9 +3,10 @@
 The session runs paho's network loop in a thread of its own and hands every message to a sink
 (the batcher) together with its packet id and the connection it came on. Nothing is acknowledged
 here on receipt (``manual_ack``): the writer calls `acknowledge` after the commit, and the loop
-thread sends the PUBACKs, in arrival order, between two network reads. Sending them from the
-loop thread keeps paho single-threaded and costs the same system calls as paho's own automatic
-acknowledgement.
+thread sends the PUBACKs, in arrival order, between two network reads, all of one turn in one
+``send`` (see `IngestClient`). Sending them from the loop thread keeps paho single-threaded.
+A message delivered at QoS 0 (a device may publish so) is stored like any other and never
+acknowledged.
 
 Each (re)connection gets a new generation number. Acknowledgements of an earlier generation are
 dropped: after a reconnect the broker redelivers what was not acknowledged, and a packet id of
