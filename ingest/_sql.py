@@ -127,14 +127,32 @@ ON CONFLICT (device_id) DO UPDATE SET
 # Firmware, configuration and cartridges from a birth, unless a newer connection's birth is
 # already there. (A birth also means the connection is up: the writer applies it as an online
 # status too.)
-APPLY_BIRTH: Final = f"""
-UPDATE device_state SET
+_BIRTH_FIELDS = f"""
     boot = %(boot)s, conn = %(conn)s, birth_at = {_ms("%(ts_ms)s")},
     firmware = %(fw)s, hardware = %(hw)s, model = %(model)s, machine_class = %(machine_class)s,
     serial = %(serial)s, config_version = %(config_version)s, config = %(config)s::jsonb,
-    stages = %(stages)s::jsonb, faults = %(faults)s
+    stages = %(stages)s::jsonb, faults = %(faults)s,
+    highest_boot = GREATEST(highest_boot, boot, %(boot)s)"""
+
+# A birth newer (in boot, conn order) than the one the state holds.
+APPLY_BIRTH: Final = f"""
+UPDATE device_state SET {_BIRTH_FIELDS}
 WHERE device_id = %(device_id)s
   AND (boot IS NULL OR (boot, conn) <= (%(boot)s, %(conn)s))
+"""
+
+# A birth with a lower boot but a later device time than the state's: the boot counter was lost
+# (SPEC 7.1). It becomes the current birth, its connection the current presence (the old boot's
+# order no longer says anything), and the device is flagged. A lower boot with an earlier time is
+# only a late delivery, which APPLY_BIRTH already ignored.
+APPLY_BOOT_RESET: Final = f"""
+UPDATE device_state SET {_BIRTH_FIELDS},
+    boot_counter_lost_at = {_ms("%(ts_ms)s")},
+    presence = 'online', presence_boot = %(boot)s, presence_conn = %(conn)s, presence_rank = 0,
+    presence_at = {_ms("%(ts_ms)s")}
+WHERE device_id = %(device_id)s
+  AND boot > %(boot)s AND birth_at < {_ms("%(ts_ms)s")}
+RETURNING highest_boot
 """
 
 # Presence from a status or a Will. Connections are ordered by (boot, conn); within one, its end
@@ -233,13 +251,62 @@ VALUES (%s, %s, %s, %s, {_ms("%s")})
 ON CONFLICT DO NOTHING
 """
 
-# Requested holes the replay has filled since.
+# Requested holes the replay has filled since, and permanent ones a late replay filled after all
+# (a device's store may hold more than it first sent); their telemetry_gap faults clear with them.
 CLOSE_FILLED_GAPS: Final = """
-UPDATE sequence_gaps g SET state = 'filled', filled_at = now()
+WITH filled AS (
+    UPDATE sequence_gaps g SET state = 'filled', filled_at = now()
+    WHERE (g.state = 'requested'
+           OR (g.state = 'permanent' AND g.settled_at > now() - interval '1 day'))
+      AND (SELECT count(*) FROM message_keys k
+           WHERE k.device_id = g.device_id AND k.boot = g.boot
+             AND k.seq BETWEEN g.from_seq AND g.to_seq) = g.to_seq - g.from_seq + 1
+    RETURNING g.device_id, 'boot ' || g.boot || ' seq ' || g.from_seq || '..' || g.to_seq AS subject
+)
+UPDATE cloud_faults f SET cleared_at = now()
+FROM filled
+WHERE f.device_id = filled.device_id AND f.code = 'telemetry_gap'
+  AND f.subject = filled.subject AND f.cleared_at IS NULL
+"""
+
+# Requested holes whose resend is over: the device sent its final ack (or the command expired
+# unanswered) at least a reorder window ago, so whatever it replayed is stored by now.
+SETTLED_GAPS: Final = """
+SELECT g.device_id, g.boot, g.from_seq, g.to_seq, g.resend_cmd_id,
+       (SELECT count(*) FROM message_keys k
+        WHERE k.device_id = g.device_id AND k.boot = g.boot
+          AND k.seq BETWEEN g.from_seq AND g.to_seq) AS present,
+       (SELECT a.status FROM command_acks a
+        WHERE a.cmd_id = g.resend_cmd_id AND a.device_id = g.device_id
+          AND a.status <> 'in_progress'
+        ORDER BY a.received_at LIMIT 1) AS final_status
+FROM sequence_gaps g
+LEFT JOIN command_outbox o ON o.cmd_id = g.resend_cmd_id
 WHERE g.state = 'requested'
-  AND (SELECT count(*) FROM message_keys k
-       WHERE k.device_id = g.device_id AND k.boot = g.boot
-         AND k.seq BETWEEN g.from_seq AND g.to_seq) = g.to_seq - g.from_seq + 1
+  AND (EXISTS (SELECT 1 FROM command_acks a
+               WHERE a.cmd_id = g.resend_cmd_id AND a.device_id = g.device_id
+                 AND a.status <> 'in_progress'
+                 AND a.received_at < now() - make_interval(secs => %(window)s))
+       OR o.expires_at < now() - make_interval(secs => %(window)s))
+ORDER BY g.requested_at
+LIMIT 500
+FOR UPDATE OF g SKIP LOCKED
+"""
+
+MAKE_GAP_PERMANENT: Final = """
+UPDATE sequence_gaps SET state = 'permanent', missing = %s, settled_at = now()
+WHERE device_id = %s AND boot = %s AND from_seq = %s
+"""
+
+MARK_GAP_FILLED: Final = """
+UPDATE sequence_gaps SET state = 'filled', filled_at = now()
+WHERE device_id = %s AND boot = %s AND from_seq = %s
+"""
+
+RAISE_CLOUD_FAULT: Final = """
+INSERT INTO cloud_faults (device_id, code, severity, subject, source, detail)
+VALUES (%s, %s, %s, %s, 'ingest', %s::jsonb)
+ON CONFLICT (device_id, code, subject) WHERE cleared_at IS NULL DO NOTHING
 """
 
 # -- the command relay ----------------------------------------------------------------------------

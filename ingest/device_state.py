@@ -8,7 +8,10 @@ second, not one per message.
 `GapScanner` looks for holes in each device's sequence among the messages older than the
 reorder window (so reordering between workers is over), in slices of receive time, one worker at
 a time. A hole found and still open goes to `sequence_gaps` with a resend command for it in the
-command outbox, in the same transaction; a hole the replay has filled is closed.
+command outbox, in the same transaction; a hole the replay has filled is closed. A hole still
+open a reorder window after the device's final ack to the resend (or after the resend expired
+unanswered) is permanent and raises the cloud fault ``telemetry_gap`` (SPEC 7.1); should a late
+replay fill it after all, it closes and the fault clears.
 """
 
 from __future__ import annotations
@@ -17,8 +20,10 @@ import logging
 import time
 import uuid
 from datetime import datetime, timedelta
+from typing import NamedTuple
 
-from firmware_protocol import Command, Resend, encode, topic_for
+import orjson
+from firmware_protocol import FAULT_TABLE, Command, FaultCode, Resend, encode, topic_for
 
 from ingest import _sql
 from ingest.writer import Connection
@@ -27,6 +32,21 @@ log = logging.getLogger("ingest.device_state")
 
 _EARLY_REFRESH_S = 1.0
 _MAX_SLICE = timedelta(minutes=5)
+_TELEMETRY_GAP = FAULT_TABLE[FaultCode.TELEMETRY_GAP]
+
+
+class GapScanResult(NamedTuple):
+    confirmed: int  # holes still open after the reorder window
+    resends: int  # resend commands queued for them
+    permanent: int  # holes still open after the device's answer to the resend
+
+
+NOTHING_SCANNED = GapScanResult(0, 0, 0)
+
+
+def gap_subject(boot: int, from_seq: int, to_seq: int) -> str:
+    """How a telemetry_gap fault names its range (the same text as CLOSE_FILLED_GAPS builds)."""
+    return f"boot {boot} seq {from_seq}..{to_seq}"
 
 
 class KnownDevices:
@@ -59,14 +79,14 @@ class GapScanner:
         self._window_s = reorder_window_s
         self._expiry_s = resend_expiry_s
 
-    def scan(self, conn: Connection) -> tuple[int, int]:
-        """Look for holes and judge them; returns (gaps confirmed, resends queued)."""
+    def scan(self, conn: Connection) -> GapScanResult:
+        """Look for holes and judge them."""
         confirmed = resends = 0
         now_ms = int(time.time() * 1000)
         with conn.transaction():
             locked = conn.execute(_sql.GAP_SCAN_LOCK, (_sql.GAP_SCAN_LOCK_KEY,)).fetchone()
             if not locked or not locked[0]:
-                return 0, 0  # another worker is scanning
+                return NOTHING_SCANNED  # another worker is scanning
             window = conn.execute(_sql.GAP_SCAN_SLICE, {"window": self._window_s}).fetchone()
             assert window is not None
             lo, hi = window
@@ -109,4 +129,50 @@ class GapScanner:
                            "from_seq": from_seq, "to_seq": to_seq},
                 )  # fmt: skip
             conn.execute(_sql.CLOSE_FILLED_GAPS)
-        return confirmed, resends
+            permanent = self._settle(conn)
+        return GapScanResult(confirmed, resends, permanent)
+
+    def _settle(self, conn: Connection) -> int:
+        """Judge the holes whose resend is over: filled after all, or permanent."""
+        permanent = 0
+        rows = conn.execute(_sql.SETTLED_GAPS, {"window": self._window_s}).fetchall()
+        for device_obj, boot_obj, from_obj, to_obj, cmd_id, present_obj, status in rows:
+            device_id = str(device_obj)
+            boot, from_seq, to_seq = int(str(boot_obj)), int(str(from_obj)), int(str(to_obj))
+            missing = to_seq - from_seq + 1 - int(str(present_obj))
+            if missing == 0:
+                conn.execute(_sql.MARK_GAP_FILLED, (device_id, boot, from_seq))
+                continue
+            permanent += 1
+            conn.execute(_sql.MAKE_GAP_PERMANENT, (missing, device_id, boot, from_seq))
+            answer = "expired unanswered" if status is None else str(status)
+            detail = {
+                "boot": boot,
+                "from_seq": from_seq,
+                "to_seq": to_seq,
+                "missing": missing,
+                "resend_cmd_id": cmd_id,
+                "resend": answer,
+            }
+            conn.execute(
+                _sql.RAISE_CLOUD_FAULT,
+                (
+                    device_id,
+                    _TELEMETRY_GAP.code.value,
+                    _TELEMETRY_GAP.severity.value,
+                    gap_subject(boot, from_seq, to_seq),
+                    orjson.dumps(detail).decode(),
+                ),
+            )
+            log.info(
+                "permanent gap %s boot %s seq %s..%s: %s missing (resend %s)",
+                device_id,
+                boot,
+                from_seq,
+                to_seq,
+                missing,
+                answer,
+                extra={"event": "permanent_gap", "device_id": device_id, "boot": boot,
+                       "from_seq": from_seq, "to_seq": to_seq, "missing": missing},
+            )  # fmt: skip
+        return permanent

@@ -41,6 +41,8 @@ class IngestCounters:
     db_errors: int = 0
     gaps_detected: int = 0
     resends_requested: int = 0
+    permanent_gaps: int = 0
+    boot_counter_resets: int = 0
 
     def copy(self) -> IngestCounters:
         return IngestCounters(**{f.name: getattr(self, f.name) for f in fields(self)})
@@ -106,6 +108,16 @@ class IngestMetrics:
         self.resends = Counter(
             f"{_PREFIX}_resends_requested", "Resend commands queued for devices", registry=r
         )
+        self.permanent_gaps = Counter(
+            f"{_PREFIX}_permanent_gaps",
+            "Sequence gaps still open after the device answered the resend (telemetry_gap)",
+            registry=r,
+        )
+        self.boot_counter_resets = Counter(
+            f"{_PREFIX}_boot_counter_resets",
+            "Births whose boot went below the device's highest: flagged for service",
+            registry=r,
+        )
 
     # Called by the writer thread (once per batch) and the session thread; the lock keeps the
     # plain counters consistent for readers in other threads.
@@ -119,6 +131,7 @@ class IngestMetrics:
         quarantined_by_reason: dict[str, int],
         commit_s: float,
         lags_s: list[float],
+        boot_counter_resets: int = 0,
     ) -> None:
         stored = sum(stored_by_kind.values())
         quarantined = sum(quarantined_by_reason.values())
@@ -134,6 +147,8 @@ class IngestMetrics:
         self.commit_seconds.observe(commit_s)
         for lag in lags_s:
             self.lag_seconds.observe(max(lag, 0.0))
+        if boot_counter_resets:
+            self.boot_counter_resets.inc(boot_counter_resets)
         with self._lock:
             c = self.counters
             c.received += received
@@ -141,6 +156,7 @@ class IngestMetrics:
             c.duplicates += duplicates
             c.quarantined += quarantined
             c.batches += 1
+            c.boot_counter_resets += boot_counter_resets
 
     def set_inflight(self, n: int) -> None:
         self.inflight.set(n)
@@ -157,14 +173,17 @@ class IngestMetrics:
         with self._lock:
             self.counters.db_errors += 1
 
-    def gaps_confirmed(self, gaps: int, resends: int) -> None:
+    def gaps_confirmed(self, gaps: int, resends: int, permanent: int = 0) -> None:
         if gaps:
             self.gaps.inc(gaps)
         if resends:
             self.resends.inc(resends)
+        if permanent:
+            self.permanent_gaps.inc(permanent)
         with self._lock:
             self.counters.gaps_detected += gaps
             self.counters.resends_requested += resends
+            self.counters.permanent_gaps += permanent
 
     def snapshot(self) -> IngestCounters:
         with self._lock:

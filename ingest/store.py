@@ -24,7 +24,7 @@ from aquafleet.db import Database
 from aquafleet.errors import DatabaseUnavailable
 from ingest import logs
 from ingest.config import IngestConfig
-from ingest.device_state import GapScanner, KnownDevices
+from ingest.device_state import NOTHING_SCANNED, GapScanner, GapScanResult, KnownDevices
 from ingest.metrics import LAG_SAMPLES_PER_BATCH
 from ingest.prepare import PreparedBatch, Preparer
 from ingest.quarantine import QuarantineRecord
@@ -51,6 +51,7 @@ class StoreOutcome:
     quarantined_by_reason: dict[str, int] = field(default_factory=dict)
     commit_s: float = 0.0
     lags_s: list[float] = field(default_factory=list)
+    boot_counter_resets: int = 0
 
 
 class BatchStore:
@@ -127,12 +128,13 @@ class BatchStore:
             quarantined_by_reason=result.quarantined_by_reason,
             commit_s=elapsed,
             lags_s=[lag / 1000 for lag in prepared.lags_ms],
+            boot_counter_resets=result.boot_counter_resets,
         )
 
-    def housekeeping(self) -> tuple[int, int]:
-        """Reload the device cache and scan for gaps when due; (gaps, resends) found."""
+    def housekeeping(self) -> GapScanResult:
+        """Reload the device cache and scan for gaps when due; what the scan did."""
         if self._db_down_since is not None:
-            return 0, 0
+            return NOTHING_SCANNED
         now = time.monotonic()
         try:
             if self._devices.due():
@@ -146,7 +148,7 @@ class BatchStore:
             log.debug("housekeeping skipped: %s", exc)
             if self._writer is not None and self._writer.connection.broken:
                 self._writer = None
-        return 0, 0
+        return NOTHING_SCANNED
 
     def _prepare(self, batch: list[Inbound], writer: BatchWriter) -> PreparedBatch:
         prepared = self._preparer.prepare(batch, LAG_SAMPLES_PER_BATCH)
@@ -212,7 +214,7 @@ class BatchStore:
 # -- the writer process ----------------------------------------------------------------------------
 #
 # Parent -> child: pickled batches (list of Inbound), then None to finish.
-# Child -> parent: ("ready", devices), ("batch", StoreOutcome), ("gaps", gaps, resends),
+# Child -> parent: ("ready", devices), ("batch", StoreOutcome), ("gaps", gaps, resends, permanent),
 # ("db_error",), ("failed", message).
 
 
@@ -241,9 +243,9 @@ def run_writer_process(
                     break
                 outcome = store.store(batch, never)
                 pipe.send(("batch", outcome))
-            gaps, resends = store.housekeeping()
-            if gaps or resends:
-                pipe.send(("gaps", gaps, resends))
+            scanned = store.housekeeping()
+            if any(scanned):
+                pipe.send(("gaps", *scanned))
     except (EOFError, BrokenPipeError):
         pass  # the worker is gone; what is unacknowledged will be delivered again
     except BaseException as exc:

@@ -177,6 +177,7 @@ class IngestWorker:
             quarantined_by_reason=out.quarantined_by_reason,
             commit_s=out.commit_s,
             lags_s=out.lags_s,
+            boot_counter_resets=out.boot_counter_resets,
         )
 
     # -- the store in a thread ---------------------------------------------------------------------
@@ -188,9 +189,9 @@ class IngestWorker:
             if self._closing.is_set() and not len(self._batcher):
                 break
             batch = self._batcher.take(self._abort, idle_timeout_s=0.2)
-            gaps, resends = store.housekeeping()
-            if gaps or resends:
-                self.metrics.gaps_confirmed(gaps, resends)
+            scanned = store.housekeeping()
+            if any(scanned):
+                self.metrics.gaps_confirmed(*scanned)
             if not batch:
                 continue
             outcome = store.store(batch, self._abort)
@@ -262,7 +263,7 @@ class IngestWorker:
                     self._in_writer_changed.notify_all()
                 self._committed(acks, message[1])
             elif kind == "gaps":
-                self.metrics.gaps_confirmed(message[1], message[2])
+                self.metrics.gaps_confirmed(*message[1:])
             elif kind == "db_error":
                 self.metrics.database_error()
             elif kind == "failed":

@@ -12,6 +12,7 @@ end of the transaction.
 
 from __future__ import annotations
 
+import logging
 from dataclasses import dataclass, field
 
 import psycopg
@@ -22,6 +23,8 @@ from ingest import _sql
 from ingest.prepare import PreparedBatch, pg_time
 from ingest.quarantine import QuarantineRecord
 
+log = logging.getLogger("ingest.writer")
+
 Connection = psycopg.Connection[tuple[object, ...]]
 
 
@@ -30,6 +33,7 @@ class WriteResult:
     stored_by_kind: dict[str, int] = field(default_factory=dict)
     duplicates: int = 0
     quarantined_by_reason: dict[str, int] = field(default_factory=dict)
+    boot_counter_resets: int = 0
 
 
 class BatchWriter:
@@ -89,7 +93,7 @@ class BatchWriter:
                         for q in quarantine
                     ],
                 )
-            self._update_state(batch, taken)
+            result.boot_counter_resets = self._update_state(batch, taken)
 
         for row in batch.keys:
             if row[0] not in taken:
@@ -174,9 +178,10 @@ class BatchWriter:
                 )
             )
 
-    def _update_state(self, batch: PreparedBatch, taken: set[int]) -> None:
+    def _update_state(self, batch: PreparedBatch, taken: set[int]) -> int:
+        """Bring device_state up to the batch; returns how many boot counters went backwards."""
         if not batch.seen:
-            return
+            return 0
         conn = self._conn
         devices = sorted(batch.seen)
         conn.execute(
@@ -188,29 +193,39 @@ class BatchWriter:
             ),
         )
         births = [b for b in batch.births if b.idx not in taken]
+        resets = 0
         with conn.cursor() as cur:
-            if births:
-                cur.executemany(
-                    _sql.APPLY_BIRTH,
-                    [
-                        {
-                            "device_id": b.device_id,
-                            "boot": b.boot,
-                            "conn": b.conn,
-                            "ts_ms": b.ts_ms,
-                            "fw": b.fw,
-                            "hw": b.hw,
-                            "model": b.model,
-                            "machine_class": b.machine_class,
-                            "serial": b.serial,
-                            "config_version": b.config_version,
-                            "config": b.config,
-                            "stages": b.stages,
-                            "faults": b.faults,
-                        }
-                        for b in births
-                    ],
-                )
+            # One by one: few per batch, and a birth that did not apply may be a boot reset.
+            for b in births:
+                params = {
+                    "device_id": b.device_id,
+                    "boot": b.boot,
+                    "conn": b.conn,
+                    "ts_ms": b.ts_ms,
+                    "fw": b.fw,
+                    "hw": b.hw,
+                    "model": b.model,
+                    "machine_class": b.machine_class,
+                    "serial": b.serial,
+                    "config_version": b.config_version,
+                    "config": b.config,
+                    "stages": b.stages,
+                    "faults": b.faults,
+                }
+                if cur.execute(_sql.APPLY_BIRTH, params).rowcount:
+                    continue
+                reset = cur.execute(_sql.APPLY_BOOT_RESET, params).fetchone()
+                if reset is not None:
+                    resets += 1
+                    log.warning(
+                        "%s booted with boot %s below its highest %s: boot counter lost, "
+                        "flagged for service",
+                        b.device_id,
+                        b.boot,
+                        reset[0],
+                        extra={"event": "boot_counter_lost", "device_id": b.device_id,
+                               "boot": b.boot, "highest_boot": reset[0]},
+                    )  # fmt: skip
             presence = [
                 {
                     "device_id": b.device_id,
@@ -239,6 +254,7 @@ class BatchWriter:
                 applied = cur.execute(_sql.APPLY_STATUS, status).fetchone()
                 if applied is not None and status["state"] == "lost" and applied[0]:
                     cur.execute(_sql.SERVED_LOST, (status["ts_ms"], applied[0]))
+        return resets
 
 
 def is_transient(exc: psycopg.Error) -> bool:

@@ -159,14 +159,21 @@ def fault_event(device_id: str, seq: int, *, boot: int = 1) -> Event:
     )
 
 
-def ack(device_id: str, seq: int, cmd_id: str, *, boot: int = 1) -> CommandAck:
+def ack(
+    device_id: str,
+    seq: int,
+    cmd_id: str,
+    *,
+    boot: int = 1,
+    status: AckStatus = AckStatus.SUCCEEDED,
+) -> CommandAck:
     return CommandAck(
         device_id=device_id,
         boot=boot,
         seq=seq,
         ts=now_ms(),
         cmd_id=cmd_id,
-        status=AckStatus.SUCCEEDED,
+        status=status,
     )
 
 

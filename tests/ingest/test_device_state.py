@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import random
 import time
 import uuid
@@ -10,7 +11,15 @@ from collections.abc import Iterator
 import paho.mqtt.client as mqtt
 import psycopg
 import pytest
-from firmware_protocol import Command, Message, PresenceState, Resend, Status, decode
+from firmware_protocol import (
+    AckStatus,
+    Command,
+    Message,
+    PresenceState,
+    Resend,
+    Status,
+    decode,
+)
 from paho.mqtt.enums import CallbackAPIVersion
 
 from aquafleet.db import Database
@@ -19,6 +28,7 @@ from ingest.relay import CommandRelay
 from tests.fix_mqtt import MosquittoBroker
 from tests.ingest.conftest import DEVICES
 from tests.ingest.fleet import (
+    ack,
     birth,
     count,
     now_ms,
@@ -109,13 +119,48 @@ def test_presence_follows_status_and_a_stale_will_is_ignored(
 def test_an_older_birth_does_not_overwrite_a_newer_one(
     worker: IngestWorker, ledger_url: str, mqtt_broker: MosquittoBroker
 ) -> None:
+    # The boot-4 birth is older (device time) and delivered late.
+    now = now_ms()
     _publish_one_by_one(
         mqtt_broker,
         worker,
-        [birth(A, boot=5, conn=1, fw="3.1.0"), birth(A, boot=4, conn=9, fw="2.0.0")],
+        [
+            birth(A, boot=5, conn=1, fw="3.1.0", ts=now),
+            birth(A, boot=4, conn=9, fw="2.0.0", ts=now - 60_000),
+        ],
     )
     assert _state(ledger_url, "firmware") == "3.1.0"
     assert _state(ledger_url, "boot") == 5
+    assert _state(ledger_url, "boot_counter_lost_at") is None
+    assert worker.counters().boot_counter_resets == 0
+
+
+def test_a_birth_with_a_lower_boot_and_a_later_time_means_a_lost_boot_counter(
+    worker: IngestWorker, ledger_url: str, mqtt_broker: MosquittoBroker
+) -> None:
+    # SPEC 7.1: the flash holding the counter was erased; the device starts again at boot 1.
+    now = now_ms()
+    _publish_one_by_one(
+        mqtt_broker,
+        worker,
+        [
+            birth(A, boot=57, conn=3, fw="3.1.0", ts=now - 600_000),
+            status(A, PresenceState.ONLINE, boot=57, conn=3, ts=now - 600_000),
+            birth(A, boot=1, conn=1, fw="3.1.1", ts=now),
+        ],
+    )
+    assert _state(ledger_url, "boot") == 1
+    assert _state(ledger_url, "firmware") == "3.1.1"
+    assert _state(ledger_url, "highest_boot") == 57
+    assert _state(ledger_url, "boot_counter_lost_at") is not None
+    assert (_state(ledger_url, "presence"), _state(ledger_url, "presence_boot")) == ("online", 1)
+    assert worker.counters().boot_counter_resets == 1
+
+    # The new boot's own presence applies from now on.
+    _publish_one_by_one(
+        mqtt_broker, worker, [status(A, PresenceState.OFFLINE, boot=1, conn=1, ts=now + 1000)]
+    )
+    assert _state(ledger_url, "presence") == "offline"
 
 
 def test_last_seen_moves_with_every_message(
@@ -190,6 +235,106 @@ def test_a_gap_is_recorded_a_resend_asked_for_and_the_replay_fills_it(
         relay.stop()
         device.loop_stop()
         device.disconnect()
+
+
+def _requested_gap(url: str) -> tuple[int, int, int, str]:
+    wait_until(
+        lambda: count(url, "sequence_gaps", "state = 'requested'") == 1,
+        timeout=20,
+        message="the gap requested",
+    )
+    with psycopg.connect(url) as conn:
+        row = conn.execute(
+            "SELECT boot, from_seq, to_seq, resend_cmd_id FROM sequence_gaps"
+        ).fetchone()
+    assert row is not None
+    return int(row[0]), int(row[1]), int(row[2]), str(row[3])
+
+
+def _gap_faults(url: str) -> list[tuple[object, ...]]:
+    with psycopg.connect(url) as conn:
+        return conn.execute(
+            "SELECT device_id, severity, subject, detail, cleared_at IS NOT NULL"
+            " FROM cloud_faults WHERE code = 'telemetry_gap'"
+        ).fetchall()
+
+
+def test_what_the_replay_cannot_fill_becomes_a_permanent_gap_raising_telemetry_gap(
+    worker: IngestWorker, ledger_url: str, mqtt_broker: MosquittoBroker
+) -> None:
+    sent = {seq: telemetry(A, seq) for seq in range(1, 21)}
+    publish_all(
+        mqtt_broker.host, mqtt_broker.port, [m for s, m in sent.items() if s not in {11, 12, 13}]
+    )
+    boot, from_seq, to_seq, cmd_id = _requested_gap(ledger_url)
+    assert (boot, from_seq, to_seq) == (1, 11, 13)
+
+    # The device kept only seq 12, replays it, then sends its final ack.
+    publish_all(
+        mqtt_broker.host,
+        mqtt_broker.port,
+        [telemetry(A, 12, ts=sent[12].ts, hist=True), ack(A, 21, cmd_id)],
+    )
+
+    wait_until(
+        lambda: count(ledger_url, "sequence_gaps", "state = 'permanent'") == 1,
+        timeout=20,
+        message="the gap permanent",
+    )
+    assert scalar(ledger_url, "SELECT missing FROM sequence_gaps") == 2
+    assert _gap_faults(ledger_url) == [
+        (
+            A,
+            "info",
+            "boot 1 seq 11..13",
+            {"boot": 1, "from_seq": 11, "to_seq": 13, "missing": 2, "resend_cmd_id": cmd_id,
+             "resend": "succeeded"},
+            False,
+        )
+    ]  # fmt: skip
+    assert worker.counters().permanent_gaps == 1
+
+    # The rest turns up after all (a later replay): the gap closes and the fault clears.
+    publish_all(
+        mqtt_broker.host,
+        mqtt_broker.port,
+        [telemetry(A, seq, ts=sent[seq].ts, hist=True) for seq in (11, 13)],
+    )
+    wait_until(
+        lambda: count(ledger_url, "sequence_gaps", "state = 'filled'") == 1,
+        timeout=20,
+        message="the gap filled",
+    )
+    assert [f[4] for f in _gap_faults(ledger_url)] == [True]
+
+
+def test_a_resend_that_expires_unanswered_leaves_a_permanent_gap(
+    ledger_url: str, config: IngestConfig, mqtt_broker: MosquittoBroker
+) -> None:
+    worker = IngestWorker(dataclasses.replace(config, resend_expiry_s=1), Database(url=ledger_url))
+    worker.start()
+    try:
+        publish_all(mqtt_broker.host, mqtt_broker.port, [telemetry(A, s) for s in (1, 2, 3, 7, 8)])
+        _requested_gap(ledger_url)
+        # An answer that is not final does not settle it.
+        publish_all(
+            mqtt_broker.host,
+            mqtt_broker.port,
+            [ack(A, 9, _requested_gap(ledger_url)[3], status=AckStatus.IN_PROGRESS)],
+        )
+        wait_until(
+            lambda: count(ledger_url, "sequence_gaps", "state = 'permanent'") == 1,
+            timeout=20,
+            message="the gap permanent",
+        )
+        faults = _gap_faults(ledger_url)
+        assert len(faults) == 1
+        detail = faults[0][3]
+        assert isinstance(detail, dict)
+        assert (detail["from_seq"], detail["to_seq"], detail["missing"]) == (4, 6, 3)
+        assert detail["resend"] == "expired unanswered"
+    finally:
+        worker.stop()
 
 
 def test_reordering_within_the_window_is_not_a_gap(
