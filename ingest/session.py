@@ -364,9 +364,14 @@ class MqttSession:
 
     def _on_message(self, client: mqtt.Client, userdata: Any, message: mqtt.MQTTMessage) -> None:
         # What IngestClient leaves to paho: a PUBLISH with properties, say.
+        try:
+            topic = message.topic
+        except UnicodeDecodeError:
+            # A broker that forwards a topic that is not UTF-8: quarantined by its topic.
+            topic = bytes(message._topic).decode("utf-8", "replace")
         self._on_publish(
             message.mid if message.qos else 0,
-            message.topic,
+            topic,
             # paho hands a slice of the packet, always bytes in practice
             cast(bytes, message.payload),
             int(time.time() * 1000),
