@@ -269,6 +269,19 @@ WHERE f.device_id = filled.device_id AND f.code = 'telemetry_gap'
   AND f.subject = filled.subject AND f.cleared_at IS NULL
 """
 
+# SPEC 6.4: a birth (new boot or new connection) means the device may not have seen the commands
+# sent before it (a rebooted device starts a clean session): every unexpired one without a final
+# ack goes out again. A device answers a command id it already executed with the same status.
+REPUBLISH_PENDING: Final = f"""
+UPDATE command_outbox o SET sent_at = NULL
+WHERE o.device_id = %(device_id)s
+  AND o.sent_at < {_ms("%(received_ms)s")}
+  AND o.expires_at > now()
+  AND NOT EXISTS (SELECT 1 FROM command_acks a
+                  WHERE a.cmd_id = o.cmd_id AND a.device_id = o.device_id
+                    AND a.status <> 'in_progress')
+"""
+
 # Requested holes whose resend is over: the device sent its final ack (or the command expired
 # unanswered) at least a reorder window ago, so whatever it replayed is stored by now.
 SETTLED_GAPS: Final = """
@@ -311,8 +324,10 @@ ON CONFLICT (device_id, code, subject) WHERE cleared_at IS NULL DO NOTHING
 
 # -- the command relay ----------------------------------------------------------------------------
 
+# With the seconds each has left: the MQTT message expiry it is published with.
 PENDING_COMMANDS: Final = """
-SELECT cmd_id, topic, payload FROM command_outbox
+SELECT cmd_id, topic, payload, ceil(extract(epoch FROM expires_at - now()))::bigint
+FROM command_outbox
 WHERE sent_at IS NULL AND expires_at > now()
 ORDER BY created_at
 LIMIT %s

@@ -68,6 +68,7 @@ class BirthRow:
     boot: int
     conn: int
     ts_ms: int
+    received_ms: int
     fw: str
     hw: str | None
     model: str
@@ -323,6 +324,7 @@ class Preparer:
                         boot=msg.boot,
                         conn=msg.conn,
                         ts_ms=ts,
+                        received_ms=received_ms,
                         fw=msg.fw,
                         hw=msg.hw,
                         model=msg.model,

@@ -1,9 +1,11 @@
 """The command relay: publishes what waits in the command outbox, then marks it sent.
 
 Ingest writes resend requests into the outbox in the transaction that found the gap; the relay
-delivers them at QoS 1 with a message expiry, so a device that comes back late does not act on
-a stale request. A command is marked sent only after the broker acknowledged it; a crash in
-between sends it again, which a device treats as the same command (same id).
+delivers them at QoS 1 with a message expiry (the time the command has left), so a device that
+comes back late does not act on a stale request. A birth puts the device's unanswered commands
+back in the outbox (SPEC 6.4), and the relay sends them again. A command is marked sent only
+after the broker acknowledged it; a crash in between sends it again, which a device treats as
+the same command (same id).
 
 Under the production ACL the ingest account may not publish: the relay runs under the command
 account (``aquafleet broker relay``), or inside ingest (``--relay-commands``) where the broker
@@ -87,9 +89,9 @@ class CommandRelay:
         with self._database.connection() as conn, conn.transaction():
             rows = conn.execute(_sql.PENDING_COMMANDS, (_BATCH,)).fetchall()
             sent: list[str] = []
-            for cmd_id, topic, payload in rows:
+            for cmd_id, topic, payload, seconds_left in rows:
                 props = Properties(PacketTypes.PUBLISH)  # type: ignore[no-untyped-call]
-                props.MessageExpiryInterval = self._config.resend_expiry_s
+                props.MessageExpiryInterval = max(1, int(str(seconds_left)))
                 assert isinstance(payload, bytes)
                 info = self._client.publish(str(topic), payload, qos=1, properties=props)
                 info.wait_for_publish(_PUBACK_TIMEOUT_S)

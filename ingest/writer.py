@@ -202,6 +202,7 @@ class BatchWriter:
                     "boot": b.boot,
                     "conn": b.conn,
                     "ts_ms": b.ts_ms,
+                    "received_ms": b.received_ms,
                     "fw": b.fw,
                     "hw": b.hw,
                     "model": b.model,
@@ -213,9 +214,11 @@ class BatchWriter:
                     "faults": b.faults,
                 }
                 if cur.execute(_sql.APPLY_BIRTH, params).rowcount:
+                    cur.execute(_sql.REPUBLISH_PENDING, params)
                     continue
                 reset = cur.execute(_sql.APPLY_BOOT_RESET, params).fetchone()
                 if reset is not None:
+                    cur.execute(_sql.REPUBLISH_PENDING, params)
                     resets += 1
                     log.warning(
                         "%s booted with boot %s below its highest %s: boot counter lost, "

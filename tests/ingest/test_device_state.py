@@ -237,6 +237,41 @@ def test_a_gap_is_recorded_a_resend_asked_for_and_the_replay_fills_it(
         device.disconnect()
 
 
+def test_a_birth_sends_the_devices_unanswered_commands_again(
+    worker: IngestWorker, ledger_url: str, mqtt_broker: MosquittoBroker, config: IngestConfig
+) -> None:
+    received: list[tuple[bytes, int]] = []  # (payload, message expiry left)
+    device = mqtt.Client(CallbackAPIVersion.VERSION2, client_id=f"{A}-dev", protocol=mqtt.MQTTv5)
+    device.on_message = lambda c, u, m: received.append(
+        (bytes(m.payload), getattr(m.properties, "MessageExpiryInterval", -1))
+    )
+    device.connect(mqtt_broker.host, mqtt_broker.port)
+    device.subscribe(f"aquafleet/v1/{A}/cmd", qos=1)
+    device.loop_start()
+    relay = CommandRelay(config, Database(url=ledger_url), every_s=0.2)
+    relay.start()
+    try:
+        publish_all(mqtt_broker.host, mqtt_broker.port, [telemetry(A, s) for s in (1, 2, 5)])
+        cmd_id = _requested_gap(ledger_url)[3]
+        wait_until(lambda: len(received) == 1, message="the resend at the device")
+
+        # The device reboots before answering: the birth brings the command out again.
+        _publish_and_wait(mqtt_broker, worker, birth(A, boot=2, conn=1))
+        wait_until(lambda: len(received) == 2, message="the resend sent again")
+        assert received[1][0] == received[0][0]
+        assert 0 < received[1][1] <= received[0][1] <= config.resend_expiry_s
+
+        # Answered, it is not sent again at the next connection.
+        _publish_and_wait(mqtt_broker, worker, ack(A, 1, cmd_id, boot=2))
+        _publish_and_wait(mqtt_broker, worker, birth(A, boot=2, conn=2))
+        time.sleep(1.0)  # several relay turns
+        assert len(received) == 2
+    finally:
+        relay.stop()
+        device.loop_stop()
+        device.disconnect()
+
+
 def _requested_gap(url: str) -> tuple[int, int, int, str]:
     wait_until(
         lambda: count(url, "sequence_gaps", "state = 'requested'") == 1,

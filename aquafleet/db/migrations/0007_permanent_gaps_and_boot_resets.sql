@@ -40,3 +40,6 @@ ALTER TABLE device_state
 COMMENT ON COLUMN device_state.boot_counter_lost_at IS
     'set when a birth came with a boot below highest_boot: the device needs service';
 UPDATE device_state SET highest_boot = boot;
+
+-- SPEC 6.4: a birth sends the device's unanswered commands again; found by device.
+CREATE INDEX command_outbox_device_idx ON command_outbox (device_id);
