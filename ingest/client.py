@@ -17,7 +17,8 @@ case. It changes three things:
   asked for no topic aliases) is handed to ``on_publish_fast`` as ``(mid, topic, payload)``
   without building paho's message objects; anything else (QoS 2, properties present, a topic
   that is not UTF-8, a malformed packet) takes paho's own path;
-- acknowledgements sent between `cork` and `uncork` leave in one ``send``.
+- `ack_all` writes the acknowledgements of many messages in one ``send``, the same bytes
+  paho would write one system call each.
 
 paho-mqtt is pinned to the 2.1 and 2.2 releases whose internals this relies on (``_create_socket``,
 ``_handle_publish``, ``_in_packet``); tests run every ingest behaviour through this client
@@ -29,8 +30,9 @@ from __future__ import annotations
 import contextlib
 import socket
 import ssl
+import struct
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from typing import Any
 
 import paho.mqtt.client as mqtt
@@ -42,9 +44,13 @@ _READ_CHUNK = 1 << 18
 # (mid, topic, payload, received_ms); mid 0 for a QoS 0 message, which needs no acknowledgement
 FastPublishHandler = Callable[[int, str, bytes, int], None]
 
+# PUBACK: type 4, remaining length 2, the packet id. With no reason code it means success, in
+# MQTT 5 as in 3.1.1 (paho sends exactly these bytes).
+_PUBACK = struct.Struct("!BBH")
+
 
 class BufferedSocket:
-    """A socket read in chunks and, while corked, written in one piece.
+    """A socket read in chunks, with writes kept in order when the kernel cannot take them.
 
     paho reads a packet as several small ``recv`` calls; each is answered from the last chunk
     read, and a new chunk is read only when that one is used up. ``received_ms`` is the wall
@@ -55,7 +61,6 @@ class BufferedSocket:
         self._sock = sock
         self._chunk = b""
         self._pos = 0
-        self._corked = False
         self._outgoing = bytearray()
         self.received_ms = 0
 
@@ -81,11 +86,9 @@ class BufferedSocket:
         return own + inner
 
     def send(self, data: bytes | bytearray | memoryview) -> int:
-        if self._corked or self._outgoing:
+        if self._outgoing:
             # Keep the order: once anything waits, everything after it waits behind it.
-            self._outgoing += data
-            if not self._corked:
-                self.flush()
+            self.write(data)
             return len(data)
         return self._sock.send(data)
 
@@ -105,13 +108,11 @@ class BufferedSocket:
         # Anything else paho or a caller asks of a socket (getpeername, settimeout...).
         return getattr(self._sock, name)
 
-    # -- batching writes ---------------------------------------------------------------------
+    # -- writes of our own ---------------------------------------------------------------------
 
-    def cork(self) -> None:
-        self._corked = True
-
-    def uncork(self) -> None:
-        self._corked = False
+    def write(self, data: bytes | bytearray | memoryview) -> None:
+        """Send all of ``data``: what the socket does not take now waits for `flush`."""
+        self._outgoing += data
         self.flush()
 
     def flush(self) -> None:
@@ -146,15 +147,29 @@ class IngestClient(mqtt.Client):
         buffered = self.buffered
         return buffered.pending() if buffered is not None and self._sock is not None else 0
 
-    def cork(self) -> None:
-        if self.buffered is not None:
-            self.buffered.cork()
+    def ack_all(self, mids: Iterable[int]) -> None:
+        """Acknowledge QoS 1 messages (``manual_ack``), in this order, in one write."""
+        buffered = self.buffered
+        if buffered is None or self._sock is None or self._out_packet:
+            # Something of paho's waits to be written (perhaps half a packet): queue behind it.
+            for mid in mids:
+                self.ack(mid, 1)
+            return
+        pack = _PUBACK.pack
+        data = b"".join([pack(0x40, 2, mid) for mid in mids])
+        if not data:
+            return
+        # paho notices a broken connection on its next read or write.
+        with contextlib.suppress(OSError):
+            buffered.write(data)
+        with self._msgtime_mutex:
+            self._last_msg_out = mqtt.time_func()
 
-    def uncork(self) -> None:
+    def flush(self) -> None:
+        """Send what `ack_all` could not send at once."""
         if self.buffered is not None and self._sock is not None:
-            # paho notices a broken connection on its next read or write.
             with contextlib.suppress(OSError):
-                self.buffered.uncork()
+                self.buffered.flush()
 
     def _handle_publish(self) -> MQTTErrorCode:
         handler = self.on_publish_fast

@@ -440,22 +440,18 @@ class MqttSession:
         client = self._client
         generation = self._generation
         connected = self._connected
+        client.flush()  # what an earlier turn could not send
         if not acks:
             return
-        # Every acknowledgement of this turn leaves in one send.
-        client.cork()
-        try:
-            while acks:
-                batch = acks.popleft()
-                sent = 0
-                for gen, mid in batch:
-                    if gen == generation and connected and mid:
-                        client.ack(mid, 1)
-                        sent += 1
-                self._inflight -= sent
-                self._waiting -= len(batch)
-        finally:
-            client.uncork()
+        # Every acknowledgement of this turn leaves in one write.
+        mids: list[int] = []
+        while acks:
+            batch = acks.popleft()
+            if connected:
+                mids.extend([mid for gen, mid in batch if gen == generation and mid])
+            self._waiting -= len(batch)
+        self._inflight -= len(mids)
+        client.ack_all(mids)
 
     def _drop_stale_acks(self) -> None:
         # While disconnected every pending acknowledgement is void.

@@ -153,32 +153,13 @@ def test_small_reads_are_answered_from_one_chunk(
     assert buffered.recv(1) == b""  # end of stream, as a socket says it
 
 
-def test_corked_writes_leave_together_and_in_order(
-    pair: tuple[BufferedSocket, socket.socket],
-) -> None:
-    buffered, peer = pair
-    buffered.cork()
-    for i in range(100):
-        assert buffered.send(bytes([0x40, 2, 0, i])) == 4
-    peer.setblocking(False)
-    with pytest.raises(BlockingIOError):
-        peer.recv(10)  # nothing left while corked
-    buffered.uncork()
-    received = b""
-    while len(received) < 400:
-        received += peer.recv(4096)
-    assert received == b"".join(bytes([0x40, 2, 0, i]) for i in range(100))
-
-
 def test_what_the_socket_cannot_take_yet_is_kept_and_sent_later(
     pair: tuple[BufferedSocket, socket.socket],
 ) -> None:
     buffered, peer = pair
     peer.setblocking(False)
     data = bytes(range(256)) * 20_000  # 5 MB: more than a socket pair's buffers hold
-    buffered.cork()
-    buffered.send(data)
-    buffered.uncork()
+    buffered.write(data)
     assert 0 < buffered.unsent < len(data)
     # Later writes queue behind what waits instead of overtaking it.
     assert buffered.send(b"tail") == 4
@@ -198,3 +179,19 @@ def test_the_client_reads_through_a_buffered_socket(mqtt_broker: MosquittoBroker
         assert isinstance(client.socket(), BufferedSocket)
     finally:
         client.disconnect()
+
+
+def test_ack_all_writes_the_packets_paho_would_write(
+    pair: tuple[BufferedSocket, socket.socket],
+) -> None:
+    buffered, peer = pair
+    mids = [1, 2, 300, 65535]
+    client = IngestClient(CallbackAPIVersion.VERSION2, protocol=mqtt.MQTTv5, manual_ack=True)
+    client.buffered = buffered
+    client._sock = buffered  # as connect() leaves it
+    client.ack_all(mids)
+    peer.setblocking(False)
+    written = peer.recv(100)
+    # What paho's own ack() queues for each message, in order.
+    expected = b"".join(bytes([0x40, 2, mid >> 8, mid & 0xFF]) for mid in mids)
+    assert written == expected
