@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import random
 import time
@@ -186,36 +187,21 @@ def test_a_gap_is_recorded_a_resend_asked_for_and_the_replay_fills_it(
     start = now_ms() - hours_ago * 3_600_000
     sent = {seq: telemetry(A, seq, ts=start + seq * 1000) for seq in range(1, 21)}
     lost = {11, 12, 13}
-    device_commands: list[bytes] = []
-    device = mqtt.Client(CallbackAPIVersion.VERSION2, client_id=f"{A}-dev", protocol=mqtt.MQTTv5)
-    device.on_message = lambda c, u, m: device_commands.append(bytes(m.payload))
-    device.connect(mqtt_broker.host, mqtt_broker.port)
-    device.subscribe(f"aquafleet/v1/{A}/cmd", qos=1)
-    device.loop_start()
-    relay = CommandRelay(config, Database(url=ledger_url), every_s=0.2)
-    relay.start()
-    try:
+    with _device_and_relay(mqtt_broker, ledger_url, config) as device_commands:
         publish_all(
             mqtt_broker.host,
             mqtt_broker.port,
             [m for seq, m in sent.items() if seq not in lost],
         )
 
-        wait_until(
-            lambda: count(ledger_url, "sequence_gaps", "state = 'requested'") == 1,
-            timeout=20,
-            message="the gap requested",
-        )
-        with psycopg.connect(ledger_url) as conn:
-            gap = conn.execute(
-                "SELECT device_id, boot, from_seq, to_seq, resend_cmd_id FROM sequence_gaps"
-            ).fetchone()
-        assert gap is not None
-        assert gap[:4] == (A, 1, 11, 13)
+        boot, from_seq, to_seq, cmd_id = _requested_gap(ledger_url)
+        assert (boot, from_seq, to_seq) == (1, 11, 13)
         wait_until(lambda: len(device_commands) == 1, message="the resend at the device")
-        command = decode(f"aquafleet/v1/{A}/cmd", device_commands[0], received_at_ms=now_ms())
+        command = decode(
+            f"aquafleet/v1/{A}/cmd", bytes(device_commands[0].payload), received_at_ms=now_ms()
+        )
         assert isinstance(command, Command)
-        assert command.id == gap[4]
+        assert command.id == cmd_id
         assert command.body == Resend(boot=1, from_seq=11, to_seq=13)
         assert count(ledger_url, "command_outbox", "sent_at IS NOT NULL") == 1
 
@@ -231,41 +217,46 @@ def test_a_gap_is_recorded_a_resend_asked_for_and_the_replay_fills_it(
         assert count(ledger_url, "telemetry", "historical") == 3
         assert count(ledger_url, "telemetry") == 20
         assert worker.counters().gaps_detected == 1
-    finally:
-        relay.stop()
-        device.loop_stop()
-        device.disconnect()
 
 
 def test_a_birth_sends_the_devices_unanswered_commands_again(
     worker: IngestWorker, ledger_url: str, mqtt_broker: MosquittoBroker, config: IngestConfig
 ) -> None:
-    received: list[tuple[bytes, int]] = []  # (payload, message expiry left)
-    device = mqtt.Client(CallbackAPIVersion.VERSION2, client_id=f"{A}-dev", protocol=mqtt.MQTTv5)
-    device.on_message = lambda c, u, m: received.append(
-        (bytes(m.payload), getattr(m.properties, "MessageExpiryInterval", -1))
-    )
-    device.connect(mqtt_broker.host, mqtt_broker.port)
-    device.subscribe(f"aquafleet/v1/{A}/cmd", qos=1)
-    device.loop_start()
-    relay = CommandRelay(config, Database(url=ledger_url), every_s=0.2)
-    relay.start()
-    try:
+    with _device_and_relay(mqtt_broker, ledger_url, config) as received:
         publish_all(mqtt_broker.host, mqtt_broker.port, [telemetry(A, s) for s in (1, 2, 5)])
         cmd_id = _requested_gap(ledger_url)[3]
         wait_until(lambda: len(received) == 1, message="the resend at the device")
 
-        # The device reboots before answering: the birth brings the command out again.
+        # The device reboots before answering: the birth brings the command out again, with
+        # the expiry it has left.
         _publish_and_wait(mqtt_broker, worker, birth(A, boot=2, conn=1))
         wait_until(lambda: len(received) == 2, message="the resend sent again")
-        assert received[1][0] == received[0][0]
-        assert 0 < received[1][1] <= received[0][1] <= config.resend_expiry_s
+        assert received[1].payload == received[0].payload
+        first, again = (m.properties.MessageExpiryInterval for m in received)  # type: ignore[union-attr]
+        assert 0 < again <= first <= config.resend_expiry_s
 
         # Answered, it is not sent again at the next connection.
         _publish_and_wait(mqtt_broker, worker, ack(A, 1, cmd_id, boot=2))
         _publish_and_wait(mqtt_broker, worker, birth(A, boot=2, conn=2))
         time.sleep(1.0)  # several relay turns
         assert len(received) == 2
+
+
+@contextlib.contextmanager
+def _device_and_relay(
+    broker: MosquittoBroker, ledger_url: str, config: IngestConfig
+) -> Iterator[list[mqtt.MQTTMessage]]:
+    """Device A listening on its command topic, and a command relay; yields what A receives."""
+    received: list[mqtt.MQTTMessage] = []
+    device = mqtt.Client(CallbackAPIVersion.VERSION2, client_id=f"{A}-dev", protocol=mqtt.MQTTv5)
+    device.on_message = lambda c, u, m: received.append(m)
+    device.connect(broker.host, broker.port)
+    device.subscribe(f"aquafleet/v1/{A}/cmd", qos=1)
+    device.loop_start()
+    relay = CommandRelay(config, Database(url=ledger_url), every_s=0.2)
+    relay.start()
+    try:
+        yield received
     finally:
         relay.stop()
         device.loop_stop()
