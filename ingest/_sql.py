@@ -99,6 +99,19 @@ VALUES ({_ms("%s")}, %s, %s, %s, {_ms("%s")}, %s, %s, %s, %s, %s)
 ON CONFLICT DO NOTHING
 """
 
+# A final ack settles its command (the first one: a device answers a repeated command id with
+# the same status).
+SETTLE_COMMAND: Final = f"""
+UPDATE command_outbox SET outcome = %s, outcome_at = {_ms("%s")}
+WHERE cmd_id = %s AND device_id = %s AND outcome IS NULL
+"""
+
+# Commands past their expiry with no final ack (SPEC 6.4: recorded as expired).
+EXPIRE_COMMANDS: Final = """
+UPDATE command_outbox SET outcome = 'expired', outcome_at = expires_at
+WHERE outcome IS NULL AND expires_at < now()
+"""
+
 INSERT_PRESENCE: Final = f"""
 INSERT INTO device_presence (time, device_id, boot, conn, state, received_at)
 VALUES ({_ms("%s")}, %s, %s, %s, %s, {_ms("%s")})

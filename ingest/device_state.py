@@ -130,6 +130,8 @@ class GapScanner:
                 )  # fmt: skip
             conn.execute(_sql.CLOSE_FILLED_GAPS)
             permanent = self._settle(conn)
+            # The resend commands live and end with the gaps; this scan also records expiries.
+            conn.execute(_sql.EXPIRE_COMMANDS)
         return GapScanResult(confirmed, resends, permanent)
 
     def _settle(self, conn: Connection) -> int:

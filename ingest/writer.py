@@ -67,6 +67,10 @@ class BatchWriter:
             if acks:
                 with conn.cursor() as cur:
                     cur.executemany(_sql.INSERT_ACK, [(a[4], *a[1:4], a[5], *a[6:]) for a in acks])
+                    # (idx, device, boot, seq, ts, received_ms, hist, cmd_id, status, ...)
+                    final = [(a[8], a[5], a[7], a[1]) for a in acks if a[8] != "in_progress"]
+                    if final:
+                        cur.executemany(_sql.SETTLE_COMMAND, final)
             if batch.statuses:
                 with conn.cursor() as cur:
                     cur.executemany(

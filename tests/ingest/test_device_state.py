@@ -319,6 +319,10 @@ def test_what_the_replay_cannot_fill_becomes_a_permanent_gap_raising_telemetry_g
         )
     ]  # fmt: skip
     assert worker.counters().permanent_gaps == 1
+    # The command itself is settled by the final ack.
+    assert scalar(
+        ledger_url, "SELECT outcome FROM command_outbox WHERE cmd_id = %s", (cmd_id,)
+    ) == ("succeeded")
 
     # The rest turns up after all (a later replay): the gap closes and the fault clears.
     publish_all(
@@ -359,6 +363,8 @@ def test_a_resend_that_expires_unanswered_leaves_a_permanent_gap(
         assert isinstance(detail, dict)
         assert (detail["from_seq"], detail["to_seq"], detail["missing"]) == (4, 6, 3)
         assert detail["resend"] == "expired unanswered"
+        # SPEC 6.4: the command expired unanswered is recorded as such.
+        assert scalar(ledger_url, "SELECT outcome FROM command_outbox") == "expired"
     finally:
         worker.stop()
 

@@ -43,3 +43,9 @@ UPDATE device_state SET highest_boot = boot;
 
 -- SPEC 6.4: a birth sends the device's unanswered commands again; found by device.
 CREATE INDEX command_outbox_device_idx ON command_outbox (device_id);
+-- SPEC 6.4: how each command ended: the status of the device's final ack, or 'expired' when it
+-- expired unanswered; NULL while it may still be answered.
+ALTER TABLE command_outbox
+    ADD COLUMN outcome    text CHECK (outcome IN ('succeeded', 'failed', 'rejected', 'expired')),
+    ADD COLUMN outcome_at timestamptz;
+CREATE INDEX command_outbox_open_idx ON command_outbox (expires_at) WHERE outcome IS NULL;
