@@ -68,7 +68,8 @@ def register(commands: argparse._SubParsersAction) -> None:  # type: ignore[type
         _replay,
         description="Republish every message of a recording with its QoS and retain flag, "
         "payloads byte for byte, K times faster than recorded (--speed K) or as fast as the "
-        "broker takes them.",
+        "broker takes them. Ingest refuses live data more than a day old (clock_past): replay "
+        "an older recording with --retime.",
     )
     replay.add_argument("file", type=Path, metavar="FILE", help="a file made by aquafleet record")
     pace = replay.add_mutually_exclusive_group()
@@ -83,6 +84,12 @@ def register(commands: argparse._SubParsersAction) -> None:  # type: ignore[type
         "--as-fast-as-possible",
         action="store_true",
         help="ignore the recorded timing; publish as fast as the broker acknowledges",
+    )
+    replay.add_argument(
+        "--retime",
+        action="store_true",
+        help="move device timestamps onto the replay's clock (each message stamped as much "
+        "later as it is published later than recorded), instead of sending them as recorded",
     )
     _broker_argument(replay)
 
@@ -194,7 +201,7 @@ def _replay(args: argparse.Namespace, settings: Settings) -> int:
     speed = None if args.as_fast_as_possible else args.speed
     stop = threading.Event()
     with _stop_on_signals(stop):
-        result = Replayer(settings, args.file, speed=speed).run(stop=stop)
+        result = Replayer(settings, args.file, speed=speed, retime=args.retime).run(stop=stop)
     stopped = " (stopped early)" if stop.is_set() else ""
     err(
         f"replayed {result.published} message(s) spanning {result.recorded_s:.1f} s "

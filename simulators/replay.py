@@ -1,8 +1,10 @@
 """Republishing a recording: same topics, payloads, QoS and retain flags, with its timing scaled.
 
 Payloads go out byte for byte, device timestamps included, so ingest stores the rows the
-original run stored. Time is counted from the first frame, so a recorder left waiting before the
-fleet started adds no idle time. ``speed=None`` publishes as fast as the broker acknowledges.
+original run stored; ``retime=True`` moves the device times onto the replay's clock instead (see
+`simulators.retime`), for a recording older than ingest accepts as live data. Time is counted
+from the first frame, so a recorder left waiting before the fleet started adds no idle time.
+``speed=None`` publishes as fast as the broker acknowledges.
 """
 
 from __future__ import annotations
@@ -24,6 +26,7 @@ from simulators.recording import (
     RecordingReader,
     connect_client,
 )
+from simulators.retime import Retimer
 
 __all__ = ["ReplayResult", "Replayer"]
 
@@ -58,12 +61,14 @@ class Replayer:
         speed: float | None = 1.0,
         window: int = DEFAULT_WINDOW,
         client_id: str | None = None,
+        retime: bool = False,
     ) -> None:
         if speed is not None and not speed > 0:
             raise ValueError(f"speed must be greater than 0, got {speed}")
         self._settings = settings
         self._path = path
         self._speed = speed
+        self._retime = retime
         self._window = threading.BoundedSemaphore(window)
         self._window_size = window
         self._client_id = client_id or f"aquafleet-replay-{int(time.time() * 1000) % 10**9}"
@@ -104,6 +109,7 @@ class Replayer:
         first: float | None = None
         last = 0.0
         started = time.monotonic()
+        retimer = Retimer(reader.header) if self._retime else None
         for frame in reader:
             if stop.is_set():
                 break
@@ -118,7 +124,10 @@ class Replayer:
                     break
             if not self._acquire(stop):
                 break
-            info = client.publish(frame.topic, frame.payload, qos=frame.qos, retain=frame.retain)
+            payload = frame.payload
+            if retimer is not None:
+                payload = retimer.payload(frame, int(time.time() * 1000))
+            info = client.publish(frame.topic, payload, qos=frame.qos, retain=frame.retain)
             if info.rc != mqtt.MQTT_ERR_SUCCESS and info.rc != mqtt.MQTT_ERR_NO_CONN:
                 raise BrokerConnectionError(f"publish failed: {mqtt.error_string(info.rc)}")
             published += 1
