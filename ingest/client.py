@@ -59,6 +59,7 @@ class BufferedSocket:
 
     def __init__(self, sock: socket.socket | ssl.SSLSocket) -> None:
         self._sock = sock
+        self._ssl = isinstance(sock, ssl.SSLSocket)
         self._chunk = b""
         self._pos = 0
         self._outgoing = bytearray()
@@ -82,8 +83,9 @@ class BufferedSocket:
     def pending(self) -> int:
         """Bytes already read and not yet handed to paho (plus an SSL socket's own)."""
         own = len(self._chunk) - self._pos
-        inner = self._sock.pending() if isinstance(self._sock, ssl.SSLSocket) else 0
-        return own + inner
+        if self._ssl:
+            return own + self._sock.pending()  # type: ignore[union-attr]
+        return own
 
     def send(self, data: bytes | bytearray | memoryview) -> int:
         if self._outgoing:
@@ -146,6 +148,23 @@ class IngestClient(mqtt.Client):
     def pending(self) -> int:
         buffered = self.buffered
         return buffered.pending() if buffered is not None and self._sock is not None else 0
+
+    def read_buffered(self, max_packets: int) -> MQTTErrorCode:
+        """Handle up to ``max_packets`` packets already read from the socket, without waiting
+        in ``select`` for each (paho's ``loop`` handles one packet a call)."""
+        buffered = self.buffered
+        rc = MQTTErrorCode.MQTT_ERR_SUCCESS
+        if buffered is None:
+            return rc
+        loop_read = self.loop_read
+        pending = buffered.pending
+        for _ in range(max_packets):
+            if self._sock is None or not pending():
+                break
+            rc = loop_read()
+            if rc != MQTTErrorCode.MQTT_ERR_SUCCESS:
+                break
+        return rc
 
     def ack_all(self, mids: Iterable[int]) -> None:
         """Acknowledge QoS 1 messages (``manual_ack``), in this order, in one write."""

@@ -414,14 +414,9 @@ class MqttSession:
                         rc = client.loop(_LOOP_TIMEOUT_S)
                         # What one read brought holds many messages: take them without a
                         # select each, while there is room.
-                        limit = 2 * cfg.max_inflight
-                        while (
-                            rc == MQTTErrorCode.MQTT_ERR_SUCCESS
-                            and client.pending()
-                            and self._waiting < limit
-                            and not self._paused.is_set()
-                        ):
-                            rc = client.loop_read()
+                        room = 2 * cfg.max_inflight - self._waiting
+                        if rc == MQTTErrorCode.MQTT_ERR_SUCCESS and room > 0:
+                            rc = client.read_buffered(room)
                     except OSError:
                         rc = MQTTErrorCode.MQTT_ERR_CONN_LOST
                     self._send_acks()

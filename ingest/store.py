@@ -11,11 +11,13 @@ from __future__ import annotations
 import contextlib
 import logging
 import pickle
+import queue
 import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from multiprocessing.connection import Connection as Pipe
+from typing import cast
 
 import psycopg
 from firmware_protocol import RejectReason
@@ -85,9 +87,21 @@ class BatchStore:
                 self._writer.connection.close()
             self._writer = None
 
-    def store(self, batch: list[Inbound], abort: threading.Event) -> StoreOutcome | None:
-        """Store the batch durably, retrying through database outages; None if aborted."""
-        prepared: PreparedBatch | None = None
+    def prepare_ahead(self, batch: list[Inbound]) -> PreparedBatch | None:
+        """Decode ``batch`` before its turn to be written, without the database; None when it
+        names devices the cache does not know, which `store` settles against a fresh ledger."""
+        prepared = self._preparer.prepare(batch, LAG_SAMPLES_PER_BATCH)
+        return None if prepared.unknown_devices else prepared
+
+    def store(
+        self,
+        batch: list[Inbound],
+        abort: threading.Event,
+        prepared: PreparedBatch | None = None,
+    ) -> StoreOutcome | None:
+        """Store the batch durably, retrying through database outages; None if aborted.
+
+        ``prepared`` is the batch as `prepare_ahead` decoded it, if it did."""
         delay = _RETRY_MIN_S
         while True:
             if abort.is_set():
@@ -216,6 +230,12 @@ class BatchStore:
 # Parent -> child: pickled batches (list of Inbound), then None to finish.
 # Child -> parent: ("ready", devices), ("batch", StoreOutcome), ("gaps", gaps, resends, permanent),
 # ("db_error",), ("failed", message).
+#
+# Two threads: one receives and decodes the next batch while the other writes the one before,
+# so the decoding (Python) overlaps the database's work on the previous COPY and commit. The
+# queue between them holds one batch, so batches are written, and reported, in arrival order.
+
+_FINISHED = object()  # what the receiving thread queues after the last batch
 
 
 def run_writer_process(
@@ -234,14 +254,35 @@ def run_writer_process(
         Database(url=database_url),
         on_database_error=lambda: pipe.send(("db_error",)),
     )
-    try:
-        pipe.send(("ready", store.load_devices()))
-        while True:
-            if pipe.poll(0.2):
+    decoded: queue.Queue[object] = queue.Queue(maxsize=1)
+
+    def receive() -> None:
+        try:
+            while True:
                 batch = pickle.loads(pipe.recv_bytes())
                 if batch is None:
                     break
-                outcome = store.store(batch, never)
+                decoded.put((batch, store.prepare_ahead(batch)))
+        except BaseException as exc:  # the writing thread reports it (EOF: the worker is gone)
+            decoded.put(exc)
+            return
+        decoded.put(_FINISHED)
+
+    try:
+        pipe.send(("ready", store.load_devices()))
+        threading.Thread(target=receive, name="ingest-receive", daemon=True).start()
+        while True:
+            try:
+                item = decoded.get(timeout=0.2)
+            except queue.Empty:
+                item = None
+            if item is _FINISHED:
+                break
+            if isinstance(item, BaseException):
+                raise item
+            if item is not None:
+                batch, prepared = cast(tuple[list[Inbound], PreparedBatch | None], item)
+                outcome = store.store(batch, never, prepared)
                 pipe.send(("batch", outcome))
             scanned = store.housekeeping()
             if any(scanned):
