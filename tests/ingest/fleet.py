@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+import contextlib
 import time
-from collections.abc import Callable, Iterable, Sequence
+import uuid
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass
+from typing import Any
 
 import paho.mqtt.client as mqtt
 import psycopg
@@ -31,6 +34,7 @@ from paho.mqtt.enums import CallbackAPIVersion, MQTTProtocolVersion
 
 from aquafleet.config import Settings
 from aquafleet.db import Database, migrate
+from ingest import IngestConfig, IngestWorker
 
 
 def now_ms() -> int:
@@ -262,3 +266,21 @@ def scalar(url: str, query: str, params: Sequence[object] = ()) -> object:
 
 def count(url: str, table: str, where: str = "true") -> int:
     return int(str(scalar(url, f"SELECT count(*) FROM {table} WHERE {where}")))
+
+
+def worker_config(host: str, port: int, prefix: str = "w", **options: Any) -> IngestConfig:
+    """A worker's configuration with a client id and group of its own; short batches."""
+    name = f"{prefix}-{uuid.uuid4().hex[:8]}"
+    options.setdefault("batch_ms", 20)
+    return IngestConfig(host=host, port=port, client_id=name, group=name, **options)
+
+
+@contextlib.contextmanager
+def running_worker(database_url: str, config: IngestConfig) -> Iterator[IngestWorker]:
+    """An `IngestWorker` in this process, started, and stopped (draining) at the end."""
+    worker = IngestWorker(config, Database(url=database_url))
+    worker.start()
+    try:
+        yield worker
+    finally:
+        worker.stop()

@@ -7,7 +7,6 @@ quarantine with its reason code, topic, bounded payload and time, and is counted
 from __future__ import annotations
 
 import urllib.request
-import uuid
 from collections.abc import Callable, Iterator
 
 import orjson
@@ -15,12 +14,20 @@ import psycopg
 import pytest
 from firmware_protocol import RejectReason, to_wire
 
-from aquafleet.db import Database
-from ingest import IngestConfig, IngestWorker
+from ingest import IngestWorker
 from tests.fix_mqtt import MosquittoBroker
 from tests.fix_pg import _free_port
 from tests.ingest.conftest import DEVICES, MakeIngest
-from tests.ingest.fleet import Raw, count, now_ms, publish_all, telemetry, wait_until
+from tests.ingest.fleet import (
+    Raw,
+    count,
+    now_ms,
+    publish_all,
+    running_worker,
+    telemetry,
+    wait_until,
+    worker_config,
+)
 
 A, B = DEVICES[0], DEVICES[1]
 TOPIC_A = f"aquafleet/v1/{A}/telemetry"
@@ -80,16 +87,8 @@ BAD_INPUTS: list[tuple[str, Callable[[], Raw], RejectReason]] = [
 
 @pytest.fixture
 def worker(ledger_url: str, mqtt_broker: MosquittoBroker) -> Iterator[IngestWorker]:
-    name = f"bad-{uuid.uuid4().hex[:8]}"
-    config = IngestConfig(
-        host=mqtt_broker.host, port=mqtt_broker.port, client_id=name, group=name, batch_ms=20
-    )
-    worker = IngestWorker(config, Database(url=ledger_url))
-    worker.start()
-    try:
-        yield worker
-    finally:
-        worker.stop()
+    with running_worker(ledger_url, worker_config(mqtt_broker.host, mqtt_broker.port, "bad")) as w:
+        yield w
 
 
 @pytest.mark.parametrize(

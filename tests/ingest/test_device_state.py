@@ -34,6 +34,7 @@ from tests.ingest.fleet import (
     count,
     now_ms,
     publish_all,
+    running_worker,
     scalar,
     status,
     telemetry,
@@ -58,12 +59,8 @@ def config(mqtt_broker: MosquittoBroker) -> IngestConfig:
 
 @pytest.fixture
 def worker(ledger_url: str, config: IngestConfig) -> Iterator[IngestWorker]:
-    worker = IngestWorker(config, Database(url=ledger_url))
-    worker.start()
-    try:
-        yield worker
-    finally:
-        worker.stop()
+    with running_worker(ledger_url, config) as w:
+        yield w
 
 
 def _state(url: str, column: str) -> object:
@@ -341,9 +338,7 @@ def test_what_the_replay_cannot_fill_becomes_a_permanent_gap_raising_telemetry_g
 def test_a_resend_that_expires_unanswered_leaves_a_permanent_gap(
     ledger_url: str, config: IngestConfig, mqtt_broker: MosquittoBroker
 ) -> None:
-    worker = IngestWorker(dataclasses.replace(config, resend_expiry_s=1), Database(url=ledger_url))
-    worker.start()
-    try:
+    with running_worker(ledger_url, dataclasses.replace(config, resend_expiry_s=1)):
         publish_all(mqtt_broker.host, mqtt_broker.port, [telemetry(A, s) for s in (1, 2, 3, 7, 8)])
         _requested_gap(ledger_url)
         # An answer that is not final does not settle it.
@@ -365,8 +360,6 @@ def test_a_resend_that_expires_unanswered_leaves_a_permanent_gap(
         assert detail["resend"] == "expired unanswered"
         # SPEC 6.4: the command expired unanswered is recorded as such.
         assert scalar(ledger_url, "SELECT outcome FROM command_outbox") == "expired"
-    finally:
-        worker.stop()
 
 
 def test_reordering_within_the_window_is_not_a_gap(

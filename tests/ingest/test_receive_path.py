@@ -18,12 +18,19 @@ from paho.mqtt.enums import CallbackAPIVersion
 from paho.mqtt.packettypes import PacketTypes
 from paho.mqtt.properties import Properties
 
-from aquafleet.db import Database
 from ingest import IngestConfig, IngestWorker
 from ingest.client import BufferedSocket, IngestClient
 from tests.fix_mqtt import MosquittoBroker
 from tests.ingest.conftest import DEVICES
-from tests.ingest.fleet import as_raw, count, publish_all, publisher, telemetry, wait_until
+from tests.ingest.fleet import (
+    as_raw,
+    count,
+    publish_all,
+    publisher,
+    running_worker,
+    telemetry,
+    wait_until,
+)
 
 A = DEVICES[0]
 
@@ -41,12 +48,8 @@ def worker_name() -> str:
 def worker(
     ledger_url: str, mqtt_broker: MosquittoBroker, worker_name: str
 ) -> Iterator[IngestWorker]:
-    worker = IngestWorker(_config(mqtt_broker, worker_name), Database(url=ledger_url))
-    worker.start()
-    try:
-        yield worker
-    finally:
-        worker.stop()
+    with running_worker(ledger_url, _config(mqtt_broker, worker_name)) as w:
+        yield w
 
 
 def test_qos0_messages_are_stored_and_never_acknowledged(
@@ -65,15 +68,11 @@ def test_qos0_messages_are_stored_and_never_acknowledged(
     worker.stop()
 
     # Everything at QoS 1 was acknowledged: the resumed session brings nothing again.
-    again = IngestWorker(_config(mqtt_broker, worker_name), Database(url=ledger_url))
-    again.start()
-    try:
+    with running_worker(ledger_url, _config(mqtt_broker, worker_name)) as again:
         publish_all(mqtt_broker.host, mqtt_broker.port, [telemetry(A, 101)])
         wait_until(lambda: again.counters().received >= 1, message="the new message")
         assert again.counters().duplicates == 0
         assert again.counters().received == 1
-    finally:
-        again.stop()
 
 
 def test_messages_with_mqtt5_properties_take_paho_path_and_are_stored(

@@ -3,7 +3,6 @@ quarantined as clock_past, with its device times moved onto the replay's clock."
 
 from __future__ import annotations
 
-import uuid
 from collections.abc import Iterator
 from datetime import UTC, datetime
 from pathlib import Path
@@ -11,8 +10,7 @@ from pathlib import Path
 import psycopg
 import pytest
 
-from aquafleet.db import Database
-from ingest import IngestConfig, IngestWorker
+from ingest import IngestWorker
 from simulators.recording import Frame, RecordingWriter
 from tests.fix_mqtt import MosquittoBroker
 from tests.ingest.fleet import (
@@ -21,8 +19,10 @@ from tests.ingest.fleet import (
     device_ids,
     now_ms,
     prepare_database,
+    running_worker,
     telemetry,
     wait_until,
+    worker_config,
 )
 
 DEVICE = device_ids(1, prefix="RT")[0]
@@ -40,16 +40,9 @@ def ledger_url(database_url: str) -> str:
 
 @pytest.fixture
 def worker(ledger_url: str, mqtt_broker: MosquittoBroker) -> Iterator[IngestWorker]:
-    name = f"retime-{uuid.uuid4().hex[:8]}"
-    config = IngestConfig(
-        host=mqtt_broker.host, port=mqtt_broker.port, client_id=name, group=name, batch_ms=20
-    )
-    worker = IngestWorker(config, Database(url=ledger_url))
-    worker.start()
-    try:
-        yield worker
-    finally:
-        worker.stop()
+    config = worker_config(mqtt_broker.host, mqtt_broker.port, "retime")
+    with running_worker(ledger_url, config) as w:
+        yield w
 
 
 def _old_recording(path: Path, recorded_at_ms: int) -> None:
