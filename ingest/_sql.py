@@ -264,9 +264,15 @@ VALUES (%s, %s, %s, %s, {_ms("%s")})
 ON CONFLICT DO NOTHING
 """
 
+
+def _gap_subject(boot: str, from_seq: str, to_seq: str) -> str:
+    """How a telemetry_gap fault names its range, in the statements that raise and clear it."""
+    return f"'boot ' || {boot} || ' seq ' || {from_seq} || '..' || {to_seq}"
+
+
 # Requested holes the replay has filled since, and permanent ones a late replay filled after all
 # (a device's store may hold more than it first sent); their telemetry_gap faults clear with them.
-CLOSE_FILLED_GAPS: Final = """
+CLOSE_FILLED_GAPS: Final = f"""
 WITH filled AS (
     UPDATE sequence_gaps g SET state = 'filled', filled_at = now()
     WHERE (g.state = 'requested'
@@ -274,7 +280,7 @@ WITH filled AS (
       AND (SELECT count(*) FROM message_keys k
            WHERE k.device_id = g.device_id AND k.boot = g.boot
              AND k.seq BETWEEN g.from_seq AND g.to_seq) = g.to_seq - g.from_seq + 1
-    RETURNING g.device_id, 'boot ' || g.boot || ' seq ' || g.from_seq || '..' || g.to_seq AS subject
+    RETURNING g.device_id, {_gap_subject("g.boot", "g.from_seq", "g.to_seq")} AS subject
 )
 UPDATE cloud_faults f SET cleared_at = now()
 FROM filled
@@ -290,9 +296,7 @@ UPDATE command_outbox o SET sent_at = NULL
 WHERE o.device_id = %(device_id)s
   AND o.sent_at < {_ms("%(received_ms)s")}
   AND o.expires_at > now()
-  AND NOT EXISTS (SELECT 1 FROM command_acks a
-                  WHERE a.cmd_id = o.cmd_id AND a.device_id = o.device_id
-                    AND a.status <> 'in_progress')
+  AND o.outcome IS NULL
 """
 
 # Requested holes whose resend is over: the device sent its final ack (or the command expired
@@ -302,17 +306,16 @@ SELECT g.device_id, g.boot, g.from_seq, g.to_seq, g.resend_cmd_id,
        (SELECT count(*) FROM message_keys k
         WHERE k.device_id = g.device_id AND k.boot = g.boot
           AND k.seq BETWEEN g.from_seq AND g.to_seq) AS present,
-       (SELECT a.status FROM command_acks a
-        WHERE a.cmd_id = g.resend_cmd_id AND a.device_id = g.device_id
-          AND a.status <> 'in_progress'
-        ORDER BY a.received_at LIMIT 1) AS final_status
+       a.status AS final_status
 FROM sequence_gaps g
 LEFT JOIN command_outbox o ON o.cmd_id = g.resend_cmd_id
+LEFT JOIN LATERAL (
+    SELECT status, received_at FROM command_acks
+    WHERE cmd_id = g.resend_cmd_id AND device_id = g.device_id AND status <> 'in_progress'
+    ORDER BY received_at LIMIT 1
+) a ON true
 WHERE g.state = 'requested'
-  AND (EXISTS (SELECT 1 FROM command_acks a
-               WHERE a.cmd_id = g.resend_cmd_id AND a.device_id = g.device_id
-                 AND a.status <> 'in_progress'
-                 AND a.received_at < now() - make_interval(secs => %(window)s))
+  AND (a.received_at < now() - make_interval(secs => %(window)s)
        OR o.expires_at < now() - make_interval(secs => %(window)s))
 ORDER BY g.requested_at
 LIMIT 500
@@ -329,9 +332,11 @@ UPDATE sequence_gaps SET state = 'filled', filled_at = now()
 WHERE device_id = %s AND boot = %s AND from_seq = %s
 """
 
-RAISE_CLOUD_FAULT: Final = """
+RAISE_GAP_FAULT: Final = f"""
 INSERT INTO cloud_faults (device_id, code, severity, subject, source, detail)
-VALUES (%s, %s, %s, %s, 'ingest', %s::jsonb)
+SELECT %(device_id)s, %(code)s, %(severity)s,
+       {_gap_subject("%(boot)s::bigint", "%(from_seq)s::bigint", "%(to_seq)s::bigint")},
+       'ingest', %(detail)s::jsonb
 ON CONFLICT (device_id, code, subject) WHERE cleared_at IS NULL DO NOTHING
 """
 

@@ -14,9 +14,9 @@ case. It changes three things:
   from memory, and ``pending()`` tells paho's loop not to wait in ``select`` while data is
   buffered (the same contract as an SSL socket's);
 - a PUBLISH at QoS 0 or 1 without MQTT 5 properties (what the broker sends a subscriber that
-  asked for no topic aliases) is handed to ``on_publish_fast`` as ``(mid, topic, payload)``
-  without building paho's message objects; anything else (QoS 2, properties present, a topic
-  that is not UTF-8, a malformed packet) takes paho's own path;
+  asked for no topic aliases) is handed to ``on_publish_fast`` as ``(mid, topic, payload,
+  received_ms)`` without building paho's message objects; anything else (QoS 2, properties
+  present, a topic that is not UTF-8, a malformed packet) takes paho's own path;
 - `ack_all` writes the acknowledgements of many messages in one ``send``, the same bytes
   paho would write one system call each.
 
@@ -144,10 +144,6 @@ class IngestClient(mqtt.Client):
             return sock
         self.buffered = BufferedSocket(sock)
         return self.buffered
-
-    def pending(self) -> int:
-        buffered = self.buffered
-        return buffered.pending() if buffered is not None and self._sock is not None else 0
 
     def read_buffered(self, max_packets: int) -> MQTTErrorCode:
         """Handle up to ``max_packets`` packets already read from the socket, without waiting

@@ -44,11 +44,6 @@ class GapScanResult(NamedTuple):
 NOTHING_SCANNED = GapScanResult(0, 0, 0)
 
 
-def gap_subject(boot: int, from_seq: int, to_seq: int) -> str:
-    """How a telemetry_gap fault names its range (the same text as CLOSE_FILLED_GAPS builds)."""
-    return f"boot {boot} seq {from_seq}..{to_seq}"
-
-
 class KnownDevices:
     def __init__(self, refresh_s: float) -> None:
         self._refresh_s = refresh_s
@@ -157,14 +152,16 @@ class GapScanner:
                 "resend": answer,
             }
             conn.execute(
-                _sql.RAISE_CLOUD_FAULT,
-                (
-                    device_id,
-                    _TELEMETRY_GAP.code.value,
-                    _TELEMETRY_GAP.severity.value,
-                    gap_subject(boot, from_seq, to_seq),
-                    orjson.dumps(detail).decode(),
-                ),
+                _sql.RAISE_GAP_FAULT,
+                {
+                    "device_id": device_id,
+                    "code": _TELEMETRY_GAP.code.value,
+                    "severity": _TELEMETRY_GAP.severity.value,
+                    "boot": boot,
+                    "from_seq": from_seq,
+                    "to_seq": to_seq,
+                    "detail": orjson.dumps(detail).decode(),
+                },
             )
             log.info(
                 "permanent gap %s boot %s seq %s..%s: %s missing (resend %s)",

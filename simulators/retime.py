@@ -9,7 +9,8 @@ the readings come K times closer together, as they are published.
 
 When the recording was made is taken from its header (``created``), or failing that from the
 first message that carries a ``ts``. A payload that is not a JSON object with an integer ``ts``
-(a malformed message kept in the recording, say) goes out unchanged.
+(a malformed message kept in the recording, say), or whose shifted time no longer fits a 64-bit
+integer, goes out unchanged.
 """
 
 from __future__ import annotations
@@ -44,7 +45,10 @@ class Retimer:
             value = document.get(member)
             if value.__class__ is int:
                 document[member] = value + shift
-        return orjson.dumps(document)
+        try:
+            return orjson.dumps(document)
+        except orjson.JSONEncodeError:
+            return frame.payload  # a time shifted past 64 bits: as recorded, for ingest to judge
 
 
 def _created_ms(header: RecordingHeader) -> int | None:

@@ -11,7 +11,8 @@ import psycopg
 import pytest
 
 from ingest import IngestWorker
-from simulators.recording import Frame, RecordingWriter
+from simulators.recording import Frame, RecordingHeader, RecordingWriter
+from simulators.retime import Retimer
 from tests.fix_mqtt import MosquittoBroker
 from tests.ingest.fleet import (
     as_raw,
@@ -111,3 +112,14 @@ def test_an_old_recording_replayed_with_retime_is_stored_on_the_replays_clock(
     assert late_seq == 100
     behind_ms = 2 * 3_600_000 + READINGS * INTERVAL_S * 1000
     assert abs((finished_ms - late_ms) - behind_ms) < 60_000
+
+
+@pytest.mark.parametrize(
+    "payload",
+    [b'{"v":1,', b"[1,2]", b'{"ts":"soon"}', b'{"ts":18446744073709551000}'],
+    ids=["malformed", "not-an-object", "ts-not-an-integer", "shift-past-what-json-integers-hold"],
+)
+def test_what_cannot_be_retimed_goes_out_as_recorded(payload: bytes) -> None:
+    header = RecordingHeader(version=1, created="2020-01-01T00:00:00+00:00")
+    frame = Frame(1.0, "aquafleet/v1/RT-0001/telemetry", payload)
+    assert Retimer(header).payload(frame, now_ms()) == payload
